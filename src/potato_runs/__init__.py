@@ -1,0 +1,3 @@
+"""Potato Runs: check-in facts and the runs projected from them, over gRPC."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""The composition root: wires pool, repositories, services and servicers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc, runs_service_pb2
+from potato.runs.v2 import runs_service_pb2_grpc
+from potato_runs.clock import Clock, SystemClock
+from potato_runs.config import Settings
+from potato_runs.service.admin_service import AdminService
+from potato_runs.service.runs_service import RunsService
+from potato_runs.service.telemetry import Telemetry
+from potato_runs.storage.admin_repo import AdminRepository
+from potato_runs.storage.embedded import EmbeddedPostgres
+from potato_runs.storage.migrate import ensure_database, migrate
+from potato_runs.storage.pool import create_pool
+from potato_runs.storage.runs_repo import RunsRepository
+from potato_runs.transport.admin_servicer import AdminServicer
+from potato_runs.transport.runs_servicer import RunsServicer
+
+log = logging.getLogger(__name__)
+
+RUNS_SERVICE = runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_name
+ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+@dataclass
+class Database:
+    dsn: str
+    pool: asyncpg.Pool
+    embedded: EmbeddedPostgres | None = None
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+
+async def open_database(settings: Settings, *, run_migrations: bool = True) -> Database:
+    """Connects to settings.dsn, or starts the embedded cluster; migrates."""
+    embedded = None
+    dsn = settings.dsn
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        dsn = await asyncio.to_thread(embedded.start)
+        await ensure_database(embedded.dsn("postgres"), "potato")
+    try:
+        pool = await create_pool(dsn, min_size=settings.pool_min_size,
+                                 max_size=settings.pool_max_size)
+        if run_migrations:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+    except BaseException:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+    return Database(dsn=dsn, pool=pool, embedded=embedded)
+
+
+@dataclass
+class App:
+    settings: Settings
+    database: Database
+    server: grpc.aio.Server
+    port: int
+    runs: RunsService
+    admin: AdminService
+    health: health.HealthServicer
+    _stopped: bool = field(default=False)
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_period if grace is None else grace)
+        await self.database.close()
+
+
+async def build_app(settings: Settings, *, clock: Clock | None = None,
+                    database: Database | None = None) -> App:
+    """Builds and starts the gRPC server. Pass `database` to share one (tests)."""
+    clock = clock or SystemClock()
+    db = database or await open_database(settings)
+    telemetry = Telemetry()
+    runs_repo = RunsRepository(db.pool)
+    admin_repo = AdminRepository(db.pool)
+    runs = RunsService(runs_repo, clock, telemetry)
+    admin = AdminService(admin_repo, clock, telemetry)
+
+    server = grpc.aio.server()
+    runs_service_pb2_grpc.add_RunsServiceServicer_to_server(
+        RunsServicer(runs, settings.default_timeout, settings.max_timeout), server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(admin, settings.default_timeout, settings.max_timeout), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", RUNS_SERVICE, ADMIN_SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (RUNS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+    return App(settings=settings, database=db, server=server, port=port, runs=runs,
+               admin=admin, health=health_servicer)

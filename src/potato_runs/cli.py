@@ -1,0 +1,350 @@
+"""potato-runs: serve, migrate, operate and poke the service from a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# The embedded cluster is driven with subprocesses; gRPC's fork handlers only add noise.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from potato.runs.v2 import run_pb2, runs_service_pb2, runs_service_pb2_grpc
+from potato_runs.config import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Potato Runs: check-in facts and streak runs over gRPC.")
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+DsnOpt = typer.Option(None, "--dsn", help="PostgreSQL DSN (default: $POTATO_DSN, else embedded)")
+DataDirOpt = typer.Option(None, "--data-dir", help="Embedded PostgreSQL data directory")
+TargetOpt = typer.Option(None, "--target", help="host:port of a running server "
+                         "(default: $POTATO_TARGET or 127.0.0.1:50051)")
+
+
+def _settings(**overrides: Any) -> Settings:
+    return Settings.from_env(**overrides)
+
+
+def _run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- serve
+@app.command()
+def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.1)"),
+          port: int = typer.Option(None, help="Port (default 50051; 0 picks a free one)"),
+          dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
+    """Run the gRPC server (embedded PostgreSQL when no DSN is given)."""
+    from potato_runs.app import build_app
+    from potato_runs.storage.embedded import EmbeddedPostgresError
+
+    settings = _settings(host=host, port=port, dsn=dsn, data_dir=data_dir)
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        application = await build_app(settings)
+        where = "embedded PostgreSQL in " + str(settings.data_dir) if settings.dsn is None \
+            else "PostgreSQL at the given DSN"
+        print(f"potato-runs serving on {settings.host}:{application.port} ({where})", flush=True)
+        try:
+            await stop.wait()
+        finally:
+            print("potato-runs shutting down", flush=True)
+            await application.stop()
+
+    try:
+        _run(main())
+    except EmbeddedPostgresError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        err_console.print(f"[red]error:[/red] cannot reach PostgreSQL: {exc}")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def migrate(dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
+    """Apply pending schema migrations."""
+    from potato_runs.app import open_database
+    from potato_runs.storage.migrate import migrate as run_migrate
+
+    async def main() -> list[str]:
+        db = await open_database(_settings(dsn=dsn, data_dir=data_dir), run_migrations=False)
+        try:
+            async with db.pool.acquire() as conn:
+                return await run_migrate(conn)
+        finally:
+            await db.close()
+
+    applied = _run(main())
+    console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+# --------------------------------------------------------------------------- client commands
+def _target(target: str | None) -> str:
+    return target or os.environ.get("POTATO_TARGET") or "127.0.0.1:50051"
+
+
+def _call(target: str | None, fn: Callable[[runs_service_pb2_grpc.RunsServiceStub], T]) -> T:
+    with grpc.insecure_channel(_target(target)) as channel:
+        try:
+            return fn(runs_service_pb2_grpc.RunsServiceStub(channel))
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            detail = exc.details() if hasattr(exc, "details") else str(exc)
+            err_console.print(f"[red]{code.name if code else 'error'}[/red]: {detail}")
+            raise typer.Exit(1) from exc
+
+
+def _change(value: int) -> str:
+    return run_pb2.RunChange.Name(value).removeprefix("RUN_CHANGE_").lower()  # type: ignore[arg-type]
+
+
+def _runs_table(runs: Any, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("start", "end", "days", "active"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(r.start_date, r.end_date, str(r.day_count), "yes" if r.active else "")
+    return table
+
+
+@app.command()
+def mark(user: str = typer.Argument(..., help="User id (UUID)"),
+         date: str = typer.Argument(None, help="Local date YYYY-MM-DD (default: today)"),
+         tz: str = typer.Option(None, "--tz", help="IANA time zone to store for the user"),
+         target: str = TargetOpt) -> None:
+    """Mark a day (today in the user's zone when no date is given)."""
+    req = runs_service_pb2.MarkDayRequest(user_id=user, source="cli")
+    if date:
+        req.local_date = date
+    else:
+        req.mark_time.FromDatetime(dt.datetime.now(dt.UTC))
+    if tz:
+        req.time_zone = tz
+    res = _call(target, lambda s: s.MarkDay(req, timeout=10))
+    console.print(f"{res.local_date}: {_change(res.change)} -> run {res.run.start_date}.."
+                  f"{res.run.end_date} ({res.run.day_count} days)")
+
+
+@app.command()
+def unmark(user: str, date: str, target: str = TargetOpt) -> None:
+    """Remove the mark of a day."""
+    req = runs_service_pb2.UnmarkDayRequest(user_id=user, local_date=date)
+    res = _call(target, lambda s: s.UnmarkDay(req, timeout=10))
+    console.print(f"{date}: {_change(res.change)}" + ("" if res.removed else " (was not marked)"))
+    if res.runs:
+        console.print(_runs_table(res.runs, "runs left"))
+
+
+@app.command()
+def backfill(user: str, dates: list[str] = typer.Argument(..., help="Dates YYYY-MM-DD"),
+             tz: str = typer.Option(None, "--tz"), target: str = TargetOpt) -> None:
+    """Mark many past days in one transaction."""
+    req = runs_service_pb2.BackfillDaysRequest(user_id=user, local_dates=dates, source="cli")
+    if tz:
+        req.time_zone = tz
+    res = _call(target, lambda s: s.BackfillDays(req, timeout=30))
+    console.print(f"added {res.added_days} day(s)")
+    console.print(_runs_table(res.runs, "runs holding those dates"))
+
+
+@app.command()
+def active(user: str, target: str = TargetOpt) -> None:
+    """Show the user's active run and current streak."""
+    res = _call(target, lambda s: s.GetActiveRun(
+        runs_service_pb2.GetActiveRunRequest(user_id=user), timeout=10))
+    if not res.HasField("run"):
+        console.print("no check-ins yet")
+        return
+    state = f"current streak: {res.current_streak_days} days" if res.current else \
+        "not current (the streak has ended)"
+    console.print(f"active run {res.run.start_date}..{res.run.end_date} "
+                  f"({res.run.day_count} days) in {res.time_zone}; {state}")
+
+
+@app.command()
+def runs(user: str, page_size: int = typer.Option(50, "--page-size"),
+         all_pages: bool = typer.Option(False, "--all", help="Follow every page"),
+         target: str = TargetOpt) -> None:
+    """List the user's runs, newest first."""
+    collected: list[Any] = []
+    token = ""
+    while True:
+        req = runs_service_pb2.ListRunsRequest(user_id=user, page_size=page_size, page_token=token)
+        res = _call(target, lambda s: s.ListRuns(req, timeout=10))
+        collected.extend(res.runs)
+        token = res.next_page_token
+        if not token or not all_pages:
+            break
+    console.print(_runs_table(collected, f"runs of {user}"))
+    if token:
+        console.print(f"more: --all, or next page token {token}")
+
+
+# --------------------------------------------------------------------------- operators
+def _parse_date(value: str | None, name: str) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{name} must be YYYY-MM-DD") from exc
+
+
+async def _with_admin(dsn: str | None, data_dir: Path | None,
+                      fn: Callable[[Any], Awaitable[T]]) -> T:
+    from potato_runs.app import open_database
+    from potato_runs.clock import SystemClock
+    from potato_runs.service.admin_service import AdminService
+    from potato_runs.service.telemetry import Telemetry
+    from potato_runs.storage.admin_repo import AdminRepository
+
+    db = await open_database(_settings(dsn=dsn, data_dir=data_dir))
+    try:
+        return await fn(AdminService(AdminRepository(db.pool), SystemClock(), Telemetry()))
+    finally:
+        await db.close()
+
+
+@app.command()
+def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user"),
+            all_users: bool = typer.Option(False, "--all", help="Rebuild every user"),
+            from_date: str = typer.Option(None, "--from"), to_date: str = typer.Option(None, "--to"),
+            batch: int = typer.Option(500, "--batch", min=1, max=100_000),
+            force: bool = typer.Option(False, "--force",
+                                       help="With --all: replay every user, not only drifted ones"),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Report the diff, write nothing"),
+            as_json: bool = typer.Option(False, "--json"),
+            dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
+    """Rebuild runs from the check-in facts (one user, a range, or everyone)."""
+    if bool(user) == all_users:
+        raise typer.BadParameter("give exactly one of --user ID or --all")
+    if user:
+        try:
+            user_id = uuid.UUID(user)
+        except ValueError as exc:
+            raise typer.BadParameter("--user must be a UUID") from exc
+        lo, hi = _parse_date(from_date, "--from"), _parse_date(to_date, "--to")
+        plan = _run(_with_admin(dsn, data_dir,
+                                lambda s: s.rebuild_user(user_id, lo, hi, dry_run)))
+        d = plan.diff
+        if as_json:
+            print(json.dumps({
+                "user_id": user, "dry_run": dry_run,
+                "window": [x.isoformat() for x in plan.window] if plan.window else None,
+                "added": [[r.start_date.isoformat(), r.end_date.isoformat()] for r in d.added],
+                "removed": [[r.start_date.isoformat(), r.end_date.isoformat()] for r in d.removed],
+                "changed": [{"before": [c.before.start_date.isoformat(), c.before.end_date.isoformat(),
+                                        c.before.active],
+                             "after": [c.after.start_date.isoformat(), c.after.end_date.isoformat(),
+                                       c.after.active]} for c in d.changed]}, indent=2))
+            return
+        table = Table(title=f"rebuild {user}" + (" (dry run)" if dry_run else ""))
+        for col in ("change", "start", "end", "days", "active"):
+            table.add_column(col)
+        for r in d.added:
+            table.add_row("added", str(r.start_date), str(r.end_date), str(r.day_count), str(r.active))
+        for r in d.removed:
+            table.add_row("removed", str(r.start_date), str(r.end_date), str(r.day_count),
+                          str(r.active))
+        for c in d.changed:
+            table.add_row("changed", f"{c.before.start_date} -> {c.after.start_date}",
+                          f"{c.before.end_date} -> {c.after.end_date}",
+                          f"{c.before.day_count} -> {c.after.day_count}",
+                          f"{c.before.active} -> {c.after.active}")
+        console.print(table if not d.empty else "no changes: the runs match the facts")
+        if plan.window:
+            console.print(f"range rebuilt: {plan.window[0]}..{plan.window[1]}")
+        return
+    if from_date or to_date:
+        raise typer.BadParameter("--from/--to apply to --user only")
+
+    async def run_all(service: Any) -> Any:
+        total = await service.count_users()
+        with Progress(TextColumn("[bold]rebuild"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("drifted: {task.fields[drifted]}"), TimeElapsedColumn(),
+                      console=err_console, disable=as_json) as progress:
+            task = progress.add_task("users", total=total, drifted=0)
+
+            def tick(scanned: int, drifted: int) -> None:
+                progress.update(task, advance=scanned, drifted=drifted)
+
+            return await service.rebuild_all(batch=batch, dry_run=dry_run, force=force,
+                                             progress=tick)
+
+    report = _run(_with_admin(dsn, data_dir, run_all))
+    summary = {"users_scanned": report.users_scanned, "users_drifted": report.users_drifted,
+               "users_rebuilt": report.users_rebuilt, "runs_added": report.runs_added,
+               "runs_removed": report.runs_removed, "runs_changed": report.runs_changed,
+               "seconds": round(report.seconds, 3), "dry_run": dry_run, "force": force}
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title="rebuild --all" + (" (dry run)" if dry_run else ""))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@app.command()
+def check(user: str = typer.Option(None, "--user", help="Check one user (default: everyone)"),
+          limit: int = typer.Option(1000, "--limit", min=1),
+          as_json: bool = typer.Option(False, "--json"),
+          dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
+    """Report every invariant violation; exits 1 when there is any."""
+    user_id = None
+    if user:
+        try:
+            user_id = uuid.UUID(user)
+        except ValueError as exc:
+            raise typer.BadParameter("--user must be a UUID") from exc
+    violations, truncated = _run(_with_admin(dsn, data_dir, lambda s: s.check(user_id, limit)))
+    if as_json:
+        print(json.dumps({"ok": not violations, "truncated": truncated,
+                          "violations": [{"code": v.code, "user_id": str(v.user_id),
+                                          "detail": v.detail} for v in violations]}, indent=2))
+    elif not violations:
+        console.print("[green]ok[/green]: every invariant holds")
+    else:
+        table = Table(title=f"{len(violations)} invariant violation(s)"
+                      + (" (truncated)" if truncated else ""))
+        for col in ("code", "user", "detail"):
+            table.add_column(col)
+        for v in violations:
+            table.add_row(v.code, str(v.user_id), v.detail)
+        console.print(table)
+    if violations:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure domain: rules, models and computations. No I/O here."""

@@ -1,0 +1,124 @@
+"""Business rules as pure functions: parsing, time zones and date limits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+import re
+import uuid
+import zoneinfo
+from functools import lru_cache
+
+from potato_runs.domain.errors import Reason, ValidationCollector
+from potato_runs.domain.model import LAUNCH_DATE
+
+_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def parse_user_id(value: str, errors: ValidationCollector, field: str = "user_id") -> uuid.UUID | None:
+    if not value:
+        errors.add(field, Reason.INVALID_USER_ID, "user_id is required (a UUID string)")
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        errors.add(field, Reason.INVALID_USER_ID, f"{value!r} is not a UUID")
+        return None
+
+
+def parse_date(value: str, errors: ValidationCollector, field: str) -> dt.date | None:
+    """Parses "YYYY-MM-DD" strictly (no week dates, no times)."""
+    if not value:
+        errors.add(field, Reason.MISSING_FIELD, f"{field} is required (YYYY-MM-DD)")
+        return None
+    if not _DATE_RE.match(value):
+        errors.add(field, Reason.INVALID_DATE, f"{value!r} is not a date of the form YYYY-MM-DD")
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        errors.add(field, Reason.INVALID_DATE, f"{value!r} is not a real calendar date")
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
+
+def parse_zone(value: str, errors: ValidationCollector, field: str = "time_zone") -> str | None:
+    """Validates an IANA zone name; returns its canonical spelling as given."""
+    if not value or value.strip() != value or ".." in value or value.startswith("/"):
+        errors.add(field, Reason.INVALID_TIME_ZONE, f"{value!r} is not an IANA time zone name")
+        return None
+    try:
+        _zone(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, IsADirectoryError, UnicodeError):
+        errors.add(field, Reason.INVALID_TIME_ZONE, f"{value!r} is not an IANA time zone name")
+        return None
+    return value
+
+
+def local_date_of(instant: dt.datetime, zone: str) -> dt.date:
+    """The calendar date of an instant in a zone (midnight-to-midnight local days)."""
+    if instant.tzinfo is None:
+        raise ValueError("instant must be aware")
+    return instant.astimezone(_zone(zone)).date()
+
+
+def today_in(now: dt.datetime, zone: str) -> dt.date:
+    return local_date_of(now, zone)
+
+
+def check_markable(
+    day: dt.date, today: dt.date | None, errors: ValidationCollector, field: str
+) -> None:
+    """Dates must be on or after launch and, when the zone is known, not in the future."""
+    if day < LAUNCH_DATE:
+        errors.add(field, Reason.DATE_BEFORE_LAUNCH,
+                   f"{day.isoformat()} is before {LAUNCH_DATE.isoformat()}")
+    elif today is not None and day > today:
+        errors.add(field, Reason.DATE_IN_FUTURE,
+                   f"{day.isoformat()} is after today ({today.isoformat()}) in the user's zone")
+
+
+def is_current(end_date: dt.date, today: dt.date) -> bool:
+    """A run is current when it ends today or yesterday in the user's zone."""
+    return end_date in (today, today - dt.timedelta(days=1))
+
+
+def page_size(requested: int, errors: ValidationCollector) -> int:
+    """AIP-158: 0 means the default, above the maximum is capped, negative is invalid."""
+    if requested < 0:
+        errors.add("page_size", Reason.INVALID_PAGE_SIZE, "page_size must not be negative")
+        return DEFAULT_PAGE_SIZE
+    if requested == 0:
+        return DEFAULT_PAGE_SIZE
+    return min(requested, MAX_PAGE_SIZE)
+
+
+def encode_page_token(user_id: uuid.UUID, before_end_date: dt.date) -> str:
+    payload = json.dumps({"v": 1, "u": str(user_id), "e": before_end_date.isoformat()},
+                         separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, user_id: uuid.UUID, errors: ValidationCollector) -> dt.date | None:
+    """Returns the keyset cursor, or records INVALID_PAGE_TOKEN."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != 1 or data.get("u") != str(user_id):
+            raise ValueError("token does not belong to this request")
+        return dt.date.fromisoformat(str(data["e"]))
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        errors.add("page_token", Reason.INVALID_PAGE_TOKEN,
+                   "page_token is not a token returned for this user_id")
+        return None

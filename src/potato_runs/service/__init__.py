@@ -1,0 +1,1 @@
+"""Use cases: one method per operation, wiring rules, clock and storage."""

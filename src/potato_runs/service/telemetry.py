@@ -1,0 +1,47 @@
+"""OpenTelemetry: write spans and run-event counters for SRE dashboards."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from opentelemetry import metrics, trace
+
+from potato_runs.domain.runs import RebuildPlan
+
+
+class Telemetry:
+    def __init__(self, tracer: trace.Tracer | None = None,
+                 meter: metrics.Meter | None = None) -> None:
+        self._tracer = tracer or trace.get_tracer("potato_runs")
+        meter = meter or metrics.get_meter("potato_runs")
+        self._events = meter.create_counter(
+            "potato.runs.events", unit="{event}",
+            description="Changes to the runs projection, by kind")
+        self._rebuilt = meter.create_counter(
+            "potato.runs.rebuild.changes", unit="{run}",
+            description="Runs a rebuild added, removed or changed")
+        self._violations = meter.create_histogram(
+            "potato.runs.invariant_violations", unit="{violation}",
+            description="Violations found by one invariant check")
+
+    @contextmanager
+    def write_span(self, operation: str, user_id: uuid.UUID) -> Iterator[None]:
+        with self._tracer.start_as_current_span(
+            f"potato.runs.{operation}",
+            attributes={"potato.operation": operation, "enduser.id": str(user_id)},
+        ):
+            yield
+
+    def record_events(self, kinds: Iterable[str]) -> None:
+        for kind in kinds:
+            self._events.add(1, {"kind": kind})
+
+    def record_rebuild(self, plan: RebuildPlan) -> None:
+        self._rebuilt.add(len(plan.diff.added), {"change": "added"})
+        self._rebuilt.add(len(plan.diff.removed), {"change": "removed"})
+        self._rebuilt.add(len(plan.diff.changed), {"change": "changed"})
+
+    def record_violations(self, count: int) -> None:
+        self._violations.record(count)

@@ -1,0 +1,235 @@
+"""Operator routines: rebuild from facts and invariant checks (set-based SQL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from potato_runs.domain.model import Run
+from potato_runs.domain.runs import RebuildPlan, plan_rebuild
+from potato_runs.storage.errors import map_db_error
+from potato_runs.storage.runs_repo import run_from_record
+
+_RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, created_at, "
+                "updated_at, last_extended_at")
+
+
+def _run_json(r: Run) -> str:
+    return json.dumps({"start_date": r.start_date.isoformat(), "end_date": r.end_date.isoformat(),
+                       "day_count": r.day_count, "active": r.active, "run_id": r.run_id})
+
+
+@dataclass(frozen=True)
+class Violation:
+    code: str
+    user_id: uuid.UUID
+    detail: str
+
+
+# Each invariant is one set-based query. {u} is replaced by a user filter
+# (`AND x.user_id = $1`) for a one-user check, which then runs on the indexes.
+INVARIANT_QUERIES: dict[str, str] = {
+    "RUNS_OVERLAP": """
+        SELECT user_id, format('run %s..%s overlaps run %s..%s', prev_start, prev_end,
+                               start_date, end_date) AS detail
+          FROM (SELECT user_id, start_date, end_date,
+                       lag(start_date) OVER w AS prev_start, lag(end_date) OVER w AS prev_end
+                  FROM runs r WHERE true {u}
+                WINDOW w AS (PARTITION BY user_id ORDER BY start_date, end_date)) x
+         WHERE prev_end >= start_date""",
+    "RUNS_NOT_MERGED": """
+        SELECT user_id, format('run %s..%s touches run %s..%s but was not merged',
+                               prev_start, prev_end, start_date, end_date) AS detail
+          FROM (SELECT user_id, start_date, end_date,
+                       lag(start_date) OVER w AS prev_start, lag(end_date) OVER w AS prev_end
+                  FROM runs r WHERE true {u}
+                WINDOW w AS (PARTITION BY user_id ORDER BY start_date, end_date)) x
+         WHERE prev_end = start_date - 1""",
+    "END_BEFORE_START": """
+        SELECT user_id, format('run %s..%s ends before it starts', start_date, end_date)
+          FROM runs r WHERE end_date < start_date {u}""",
+    "DAY_COUNT_MISMATCH": """
+        SELECT user_id, format('run %s..%s has day_count %s, dates give %s', start_date,
+                               end_date, day_count, end_date - start_date + 1)
+          FROM runs r WHERE day_count <> end_date - start_date + 1 {u}""",
+    "MULTIPLE_ACTIVE_RUNS": """
+        SELECT user_id, format('%s active runs', count(*))
+          FROM runs r WHERE active {u} GROUP BY user_id HAVING count(*) > 1""",
+    "ACTIVE_RUN_NOT_LATEST": """
+        SELECT user_id,
+               CASE WHEN active_end IS NULL THEN format('no active run; latest run ends %s', latest_end)
+                    ELSE format('active run ends %s but the latest run ends %s', active_end, latest_end)
+               END
+          FROM (SELECT user_id, max(end_date) AS latest_end,
+                       max(end_date) FILTER (WHERE active) AS active_end,
+                       count(*) FILTER (WHERE active AND end_date = (SELECT max(end_date) FROM runs r2
+                                                                      WHERE r2.user_id = r.user_id)) AS ok
+                  FROM runs r WHERE true {u} GROUP BY user_id) x
+         WHERE ok = 0""",
+    "ACTIVE_END_NOT_LATEST_CHECKIN": """
+        SELECT r.user_id, format('active run ends %s but the latest check-in is %s',
+                                 r.end_date, coalesce(c.latest::text, 'none'))
+          FROM runs r
+          LEFT JOIN LATERAL (SELECT max(checkin_date) AS latest FROM daily_checkins c
+                              WHERE c.user_id = r.user_id) c ON true
+         WHERE r.active {u} AND c.latest IS DISTINCT FROM r.end_date""",
+    "CHECKIN_NOT_COVERED": """
+        SELECT c.user_id, format('check-in %s is in no run', c.checkin_date)
+          FROM daily_checkins c
+          LEFT JOIN (SELECT r.user_id, d::date AS day
+                       FROM runs r, generate_series(r.start_date, r.end_date, interval '1 day') d
+                      WHERE true {u}) rd
+            ON rd.user_id = c.user_id AND rd.day = c.checkin_date
+         WHERE rd.user_id IS NULL {uc}""",
+    "RUN_DAY_WITHOUT_CHECKIN": """
+        SELECT rd.user_id, format('run day %s has no check-in', rd.day)
+          FROM (SELECT r.user_id, d::date AS day
+                  FROM runs r, generate_series(r.start_date, r.end_date, interval '1 day') d
+                 WHERE true {u}) rd
+          LEFT JOIN daily_checkins c ON c.user_id = rd.user_id AND c.checkin_date = rd.day
+         WHERE c.user_id IS NULL""",
+}
+
+
+def invariant_sql(code: str, one_user: bool) -> str:
+    sql = INVARIANT_QUERIES[code]
+    return sql.replace("{u}", "AND r.user_id = $1" if one_user else "").replace(
+        "{uc}", "AND c.user_id = $1" if one_user else "")
+
+
+DRIFT_SQL = """
+WITH batch AS (
+    SELECT user_id FROM users WHERE user_id > $1 ORDER BY user_id LIMIT $2
+), facts AS (
+    SELECT c.user_id, c.checkin_date,
+           c.checkin_date - (row_number() OVER (PARTITION BY c.user_id
+                                                ORDER BY c.checkin_date))::int AS grp
+      FROM daily_checkins c JOIN batch b USING (user_id)
+), target AS (
+    SELECT user_id, s AS start_date, e AS end_date, e - s + 1 AS day_count,
+           e = max(e) OVER (PARTITION BY user_id) AS active
+      FROM (SELECT user_id, min(checkin_date) AS s, max(checkin_date) AS e
+              FROM facts GROUP BY user_id, grp) i
+), stored AS (
+    SELECT r.user_id, r.start_date, r.end_date, r.day_count, r.active
+      FROM runs r JOIN batch b USING (user_id)
+), drift AS (
+    (SELECT * FROM target EXCEPT ALL SELECT * FROM stored)
+    UNION ALL
+    (SELECT * FROM stored EXCEPT ALL SELECT * FROM target)
+)
+SELECT (SELECT user_id FROM batch ORDER BY user_id DESC LIMIT 1) AS last_user,
+       (SELECT count(*) FROM batch) AS batch_size,
+       ARRAY(SELECT DISTINCT user_id FROM drift ORDER BY user_id) AS drifted
+"""
+
+
+class AdminRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def rebuild_user(self, user_id: uuid.UUID, from_date: dt.date | None,
+                           to_date: dt.date | None, dry_run: bool, now: dt.datetime,
+                           request_id: str | None, timeout: float = 60.0) -> RebuildPlan:
+        """Deletes and replays one user's runs in [from, to] (widened), under the lock."""
+        try:
+            async with self._pool.acquire(timeout=timeout) as conn:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(potato_lock_key($1))",
+                                       user_id, timeout=timeout)
+                    dates = [r["checkin_date"] for r in await conn.fetch(
+                        "SELECT checkin_date FROM daily_checkins WHERE user_id = $1",
+                        user_id, timeout=timeout)]
+                    stored = [run_from_record(r) for r in await conn.fetch(
+                        f"SELECT {_RUN_COLUMNS} FROM runs WHERE user_id = $1",
+                        user_id, timeout=timeout)]
+                    plan = plan_rebuild(user_id, stored, dates, from_date, to_date)
+                    if not dry_run and not plan.diff.empty:
+                        await self._apply(conn, user_id, plan, now, request_id, timeout)
+                    return plan
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise map_db_error(exc) from exc
+
+    async def _apply(self, conn: asyncpg.Connection, user_id: uuid.UUID, plan: RebuildPlan,
+                     now: dt.datetime, request_id: str | None, timeout: float) -> None:
+        diff = plan.diff
+        await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch DEFERRED",
+                           timeout=timeout)
+        events: list[tuple[Any, ...]] = []
+        removed = [r.run_id for r in diff.removed]
+        if removed:
+            await conn.execute("DELETE FROM runs WHERE run_id = ANY($1::bigint[])", removed,
+                               timeout=timeout)
+            events += [("run_deleted", _run_json(r), None) for r in diff.removed]
+        # Deactivations before activations: the one-active index is not deferrable.
+        ordered = sorted(diff.changed, key=lambda c: c.after.active)
+        for rev in ordered:
+            a = rev.after
+            await conn.execute(
+                """UPDATE runs SET start_date = $2, end_date = $3, day_count = $4, active = $5,
+                                   updated_at = $6
+                    WHERE run_id = $1""",
+                rev.before.run_id, a.start_date, a.end_date, a.day_count, a.active, now,
+                timeout=timeout)
+            events.append(("run_rebuilt", _run_json(rev.before), _run_json(a)))
+        for r in sorted(diff.added, key=lambda r: r.active):
+            await conn.execute(
+                """INSERT INTO runs (user_id, start_date, end_date, day_count, active,
+                                     created_at, updated_at, last_extended_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $6, NULL)""",
+                user_id, r.start_date, r.end_date, r.day_count, r.active, now, timeout=timeout)
+            events.append(("run_created", None, _run_json(r)))
+        await conn.executemany(
+            """INSERT INTO run_events (user_id, kind, cause, before, after, occurred_at, request_id)
+               VALUES ($1, $2, 'rebuild', $3::jsonb, $4::jsonb, $5, $6)""",
+            [(user_id, kind, before, after, now, request_id) for kind, before, after in events],
+            timeout=timeout)
+        await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch IMMEDIATE",
+                           timeout=timeout)
+
+    async def drifted_users(self, after: uuid.UUID, batch: int,
+                            timeout: float = 300.0) -> tuple[uuid.UUID | None, int, list[uuid.UUID]]:
+        """One set-based pass over a batch of users: those whose runs differ from the facts."""
+        async with self._pool.acquire(timeout=timeout) as conn:
+            row = await conn.fetchrow(DRIFT_SQL, after, batch, timeout=timeout)
+        assert row is not None
+        return row["last_user"], int(row["batch_size"]), list(row["drifted"])
+
+    async def user_ids(self, after: uuid.UUID, batch: int) -> list[uuid.UUID]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT user_id FROM users WHERE user_id > $1 ORDER BY user_id LIMIT $2",
+                after, batch)
+        return [r["user_id"] for r in rows]
+
+    async def count_users(self) -> int:
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT count(*) FROM users"))
+
+    async def check(self, user_id: uuid.UUID | None, limit: int,
+                    codes: Sequence[str] | None = None,
+                    timeout: float = 600.0) -> tuple[list[Violation], bool]:
+        """Runs every invariant query; returns (violations, truncated)."""
+        out: list[Violation] = []
+        truncated = False
+        try:
+            async with self._pool.acquire(timeout=timeout) as conn:
+                for code in codes or INVARIANT_QUERIES:
+                    sql = invariant_sql(code, user_id is not None)
+                    sql = f"SELECT * FROM ({sql}) v LIMIT {int(limit) + 1}"
+                    args = (user_id,) if user_id is not None else ()
+                    rows = await conn.fetch(sql, *args, timeout=timeout)
+                    for r in rows:
+                        if len(out) >= limit:
+                            truncated = True
+                            break
+                        out.append(Violation(code, r[0], str(r[1])))
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise map_db_error(exc) from exc
+        return out, truncated

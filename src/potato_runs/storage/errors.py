@@ -1,0 +1,81 @@
+"""Maps asyncpg and connection errors to domain errors, by SQLSTATE only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import asyncpg
+
+from potato_runs.domain.errors import (
+    DomainError,
+    ErrorKind,
+    FieldViolation,
+    Reason,
+    invalid_argument,
+)
+
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+"""serialization_failure and deadlock_detected: the only ones worth retrying."""
+
+_UNAVAILABLE_CLASSES = ("08", "53", "57P01", "57P02", "57P03", "58")
+
+
+def _detail(exc: asyncpg.PostgresError) -> dict[str, str]:
+    raw = getattr(exc, "detail", None)
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def map_db_error(exc: BaseException, date_field: str = "local_date") -> DomainError:
+    """One place that turns a database failure into a domain error."""
+    if isinstance(exc, DomainError):
+        return exc
+    if isinstance(exc, asyncpg.PostgresError):
+        code = str(exc.sqlstate or "")
+        meta = _detail(exc)
+        if code == "PX001":
+            return invalid_argument(
+                [FieldViolation(date_field, Reason.DATE_IN_FUTURE,
+                                f"{meta.get('local_date')} is after today ({meta.get('today')}) "
+                                f"in {meta.get('time_zone')}")], meta)
+        if code == "PX002":
+            return invalid_argument(
+                [FieldViolation("time_zone", Reason.TIME_ZONE_REQUIRED,
+                                "time_zone is required: the user has no stored zone")], meta)
+        if code == "PX003":
+            return invalid_argument(
+                [FieldViolation(date_field, Reason.DATE_BEFORE_LAUNCH,
+                                f"{meta.get('local_date')} is before 2025-01-01")], meta)
+        if code == "PX004":
+            return DomainError(ErrorKind.INTERNAL, Reason.PROJECTION_INCONSISTENT,
+                               "the runs projection does not match the check-ins; "
+                               "run `potato-runs check` and `potato-runs rebuild`", meta)
+        if code in RETRYABLE_SQLSTATES:
+            return DomainError(ErrorKind.ABORTED, Reason.CONTENTION,
+                               "the write lost to concurrent writes; retry", {"sqlstate": code})
+        if code == "57014":
+            return DomainError(ErrorKind.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
+                               "the database statement ran out of time", {"sqlstate": code})
+        if code.startswith(_UNAVAILABLE_CLASSES) or code in _UNAVAILABLE_CLASSES:
+            return DomainError(ErrorKind.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE,
+                               "the database is unavailable", {"sqlstate": code})
+        if code.startswith("22"):
+            return invalid_argument(
+                [FieldViolation("request", Reason.INVALID_VALUE,
+                                "the database refused a value of the request")],
+                {"sqlstate": code})
+        return DomainError(ErrorKind.INTERNAL, Reason.INTERNAL,
+                           "unexpected database error", {"sqlstate": code})
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return DomainError(ErrorKind.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
+                           "the database did not answer before the deadline")
+    if isinstance(exc, (OSError, ConnectionError, asyncpg.InterfaceError)):
+        return DomainError(ErrorKind.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE,
+                           "the database is unreachable")
+    return DomainError(ErrorKind.INTERNAL, Reason.INTERNAL, f"unexpected error: {type(exc).__name__}")

@@ -1,0 +1,75 @@
+"""Ordered SQL migrations recorded in schema_migrations."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 0x506F7461746F  # one migrator at a time across processes
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations() -> list[Migration]:
+    return [Migration(p.stem, p) for p in sorted(MIGRATIONS_DIR.glob("*.sql"))]
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+async def migrate(conn: asyncpg.Connection) -> list[str]:
+    """Applies the pending migrations in order; returns the versions applied."""
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version text PRIMARY KEY,
+               checksum text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        done = {r["version"]: r["checksum"] for r in
+                await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        for m in migrations():
+            if m.version in done:
+                if done[m.version] != m.checksum:
+                    raise MigrationError(
+                        f"migration {m.version} was changed after it was applied")
+                continue
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
+                    m.version, m.checksum)
+            applied.append(m.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied
+
+
+async def ensure_database(admin_dsn: str, name: str) -> None:
+    """Creates database `name` through the admin DSN when it does not exist."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()

@@ -1,0 +1,168 @@
+"""RunsRepository: the write functions and the read queries."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from potato_runs.deadline import Deadline
+from potato_runs.domain.model import BackfillResult, Change, MarkResult, Run, UnmarkResult
+from potato_runs.storage.errors import RETRYABLE_SQLSTATES, map_db_error
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded, jittered retries for 40001 and 40P01 only."""
+
+    attempts: int = 3
+    base_delay: float = 0.01
+    max_delay: float = 0.2
+
+
+def _ts(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value
+    return dt.datetime.fromisoformat(str(value))
+
+
+def _date(value: Any) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+
+
+def run_from_json(user_id: uuid.UUID, data: Mapping[str, Any]) -> Run:
+    return Run(
+        user_id=user_id,
+        start_date=_date(data["start_date"]),
+        end_date=_date(data["end_date"]),
+        active=bool(data["active"]),
+        created_at=_ts(data.get("created_at")),
+        updated_at=_ts(data.get("updated_at")),
+        last_extended_at=_ts(data.get("last_extended_at")),
+        run_id=int(data["run_id"]) if data.get("run_id") is not None else None,
+    )
+
+
+def run_from_record(rec: Mapping[str, Any]) -> Run:
+    return run_from_json(rec["user_id"], rec)
+
+
+_RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, created_at, updated_at, "
+                "last_extended_at")
+
+
+class RunsRepository:
+    def __init__(self, pool: asyncpg.Pool, retry: RetryPolicy | None = None) -> None:
+        self._pool = pool
+        self._retry = retry or RetryPolicy()
+
+    async def _run(self, deadline: Deadline, date_field: str,
+                   op: Callable[[asyncpg.Connection, float], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._pool.acquire(timeout=deadline.timeout()) as conn:
+                    return await op(conn, deadline.timeout())
+            except asyncpg.PostgresError as exc:
+                if exc.sqlstate in RETRYABLE_SQLSTATES and attempt < self._retry.attempts:
+                    delay = min(self._retry.max_delay, self._retry.base_delay * 2 ** attempt)
+                    await asyncio.sleep(random.uniform(0, delay))
+                    continue
+                raise map_db_error(exc, date_field) from exc
+            except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                raise map_db_error(exc, date_field) from exc
+
+    async def mark_day(self, user_id: uuid.UUID, local_date: dt.date | None,
+                       mark_time: dt.datetime | None, time_zone: str | None, source: str,
+                       now: dt.datetime, request_id: str | None,
+                       deadline: Deadline) -> MarkResult:
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetchval(
+                "SELECT potato_mark_day($1, $2, $3, $4, $5, $6, $7)",
+                user_id, local_date, mark_time, time_zone, source, now, request_id,
+                timeout=timeout)
+
+        field = "local_date" if local_date is not None else "mark_time"
+        res = await self._run(deadline, field, op)
+        return MarkResult(
+            run=run_from_json(user_id, res["run"]),
+            local_date=_date(res["local_date"]),
+            change=Change(res["change"]),
+            time_zone=str(res["time_zone"]),
+            events=tuple(res["events"] or ()),
+        )
+
+    async def unmark_day(self, user_id: uuid.UUID, local_date: dt.date, now: dt.datetime,
+                         request_id: str | None, deadline: Deadline) -> UnmarkResult:
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetchval("SELECT potato_unmark_day($1, $2, $3, $4)",
+                                       user_id, local_date, now, request_id, timeout=timeout)
+
+        res = await self._run(deadline, "local_date", op)
+        return UnmarkResult(
+            removed=bool(res["removed"]),
+            change=Change(res["change"]),
+            runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
+            events=tuple(res["events"] or ()),
+        )
+
+    async def backfill_days(self, user_id: uuid.UUID, dates: Sequence[dt.date],
+                            time_zone: str | None, source: str, now: dt.datetime,
+                            request_id: str | None, deadline: Deadline) -> BackfillResult:
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetchval(
+                "SELECT potato_backfill_days($1, $2::date[], $3, $4, $5, $6)",
+                user_id, list(dates), time_zone, source, now, request_id, timeout=timeout)
+
+        res = await self._run(deadline, "local_dates", op)
+        return BackfillResult(
+            added_days=int(res["added_days"]),
+            runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
+            time_zone=str(res["time_zone"]),
+            events=tuple(res["events"] or ()),
+        )
+
+    async def get_active(self, user_id: uuid.UUID,
+                         deadline: Deadline) -> tuple[str | None, Run | None]:
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetchrow(
+                f"""SELECT u.time_zone, r.start_date IS NOT NULL AS has_run,
+                           {", ".join("r." + c.strip() for c in _RUN_COLUMNS.split(","))}
+                      FROM (SELECT $1::uuid AS user_id) q
+                      LEFT JOIN users u ON u.user_id = q.user_id
+                      LEFT JOIN runs r ON r.user_id = q.user_id AND r.active""",
+                user_id, timeout=timeout)
+
+        rec = await self._run(deadline, "user_id", op)
+        zone = rec["time_zone"]
+        run = run_from_record(rec) if rec["has_run"] else None
+        return zone, run
+
+    async def list_runs(self, user_id: uuid.UUID, before_end: dt.date | None, limit: int,
+                        deadline: Deadline) -> list[Run]:
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetch(
+                f"""SELECT {_RUN_COLUMNS} FROM runs
+                     WHERE user_id = $1 AND ($2::date IS NULL OR end_date < $2)
+                     ORDER BY end_date DESC LIMIT $3""",
+                user_id, before_end, limit, timeout=timeout)
+
+        rows = await self._run(deadline, "user_id", op)
+        return [run_from_record(r) for r in rows]
+
+    async def ping(self, deadline: Deadline) -> bool:
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetchval("SELECT 1", timeout=timeout)
+
+        return bool(await self._run(deadline, "request", op) == 1)

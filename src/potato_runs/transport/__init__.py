@@ -1,0 +1,1 @@
+"""gRPC transport: thin servicers that convert, call one use case, convert back."""

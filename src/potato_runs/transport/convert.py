@@ -1,0 +1,152 @@
+"""Proto <-> domain conversion. Validation of fields uses the domain rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from potato.runs.v2 import run_pb2, runs_service_pb2
+from potato_runs.deadline import Deadline
+from potato_runs.domain import rules
+from potato_runs.domain.errors import Reason, ValidationCollector
+from potato_runs.domain.model import MAX_BACKFILL_DATES, Change, Run
+from potato_runs.service import commands
+
+_CHANGE = {
+    Change.NONE: run_pb2.RUN_CHANGE_NONE,
+    Change.CREATED: run_pb2.RUN_CHANGE_CREATED,
+    Change.EXTENDED: run_pb2.RUN_CHANGE_EXTENDED,
+    Change.MERGED: run_pb2.RUN_CHANGE_MERGED,
+    Change.SHRUNK: run_pb2.RUN_CHANGE_SHRUNK,
+    Change.SPLIT: run_pb2.RUN_CHANGE_SPLIT,
+    Change.DELETED: run_pb2.RUN_CHANGE_DELETED,
+}
+
+MAX_SOURCE_LENGTH = 64
+
+
+def change_to_proto(change: Change) -> run_pb2.RunChange.ValueType:
+    return _CHANGE[change]
+
+
+def _timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value.astimezone(dt.UTC))
+    return ts
+
+
+def run_to_proto(run: Run) -> run_pb2.Run:
+    return run_pb2.Run(
+        user_id=str(run.user_id),
+        start_date=run.start_date.isoformat(),
+        end_date=run.end_date.isoformat(),
+        day_count=run.day_count,
+        active=run.active,
+        create_time=_timestamp(run.created_at),
+        update_time=_timestamp(run.updated_at),
+        last_extend_time=_timestamp(run.last_extended_at),
+    )
+
+
+def call_context(context: grpc.aio.ServicerContext[Any, Any], default_timeout: float,
+                 max_timeout: float) -> commands.CallContext:
+    request_id = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and value:
+            request_id = value[:128]
+    return commands.CallContext(
+        deadline=Deadline.from_rpc(context.time_remaining(), default_timeout, max_timeout),
+        request_id=request_id)
+
+
+def _zone(request: Any, errors: ValidationCollector) -> str | None:
+    if not request.HasField("time_zone"):
+        return None
+    return rules.parse_zone(request.time_zone, errors)
+
+
+def _source(value: str, errors: ValidationCollector) -> str:
+    if len(value) > MAX_SOURCE_LENGTH:
+        errors.add("source", Reason.INVALID_VALUE,
+                   f"source is longer than {MAX_SOURCE_LENGTH} characters")
+    return value
+
+
+def mark_day(req: runs_service_pb2.MarkDayRequest) -> commands.MarkDay:
+    errors = ValidationCollector()
+    user_id = rules.parse_user_id(req.user_id, errors)
+    zone = _zone(req, errors)
+    local_date: dt.date | None = None
+    mark_time: dt.datetime | None = None
+    which = req.WhichOneof("day")
+    if which == "local_date":
+        local_date = rules.parse_date(req.local_date, errors, "local_date")
+    elif which == "mark_time":
+        ts = req.mark_time
+        if ts.nanos < 0 or ts.nanos > 999_999_999 or not (
+                -62135596800 <= ts.seconds <= 253402300799):
+            errors.add("mark_time", Reason.INVALID_VALUE, "mark_time is not a valid timestamp")
+        else:
+            mark_time = ts.ToDatetime(tzinfo=dt.UTC)
+    else:
+        errors.add("day", Reason.MISSING_FIELD, "one of local_date or mark_time is required")
+    source = _source(req.source, errors)
+    errors.raise_if_any()
+    assert user_id is not None
+    return commands.MarkDay(user_id=user_id, local_date=local_date, mark_time=mark_time,
+                            time_zone=zone, source=source)
+
+
+def unmark_day(req: runs_service_pb2.UnmarkDayRequest) -> commands.UnmarkDay:
+    errors = ValidationCollector()
+    user_id = rules.parse_user_id(req.user_id, errors)
+    local_date = rules.parse_date(req.local_date, errors, "local_date")
+    errors.raise_if_any()
+    assert user_id is not None and local_date is not None
+    return commands.UnmarkDay(user_id=user_id, local_date=local_date)
+
+
+def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.BackfillDays:
+    errors = ValidationCollector()
+    user_id = rules.parse_user_id(req.user_id, errors)
+    zone = _zone(req, errors)
+    dates: list[dt.date] = []
+    if not req.local_dates:
+        errors.add("local_dates", Reason.MISSING_FIELD, "at least one date is required")
+    elif len(req.local_dates) > MAX_BACKFILL_DATES:
+        errors.add("local_dates", Reason.TOO_MANY_DATES,
+                   f"{len(req.local_dates)} dates given; at most {MAX_BACKFILL_DATES} per call")
+    else:
+        for i, raw in enumerate(req.local_dates):
+            d = rules.parse_date(raw, errors, f"local_dates[{i}]")
+            if d is not None:
+                dates.append(d)
+    source = _source(req.source, errors)
+    errors.raise_if_any()
+    assert user_id is not None
+    return commands.BackfillDays(user_id=user_id, local_dates=tuple(dates), time_zone=zone,
+                                 source=source)
+
+
+def user_id_only(value: str) -> Any:
+    errors = ValidationCollector()
+    user_id = rules.parse_user_id(value, errors)
+    errors.raise_if_any()
+    return user_id
+
+
+def list_runs(req: runs_service_pb2.ListRunsRequest) -> commands.ListRuns:
+    errors = ValidationCollector()
+    user_id = rules.parse_user_id(req.user_id, errors)
+    size = rules.page_size(req.page_size, errors)
+    before = None
+    if user_id is not None:
+        before = rules.decode_page_token(req.page_token, user_id, errors)
+    errors.raise_if_any()
+    assert user_id is not None
+    return commands.ListRuns(user_id=user_id, page_size=size, before_end_date=before)
