@@ -1,0 +1,117 @@
+"""Session fixtures: one real PostgreSQL cluster and one real gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from hypothesis import HealthCheck, settings
+
+from potato.runs.v2 import admin_service_pb2_grpc, runs_service_pb2_grpc
+from potato_runs.clock import FixedClock
+from potato_runs.storage.embedded import EmbeddedPostgres
+from potato_runs.storage.migrate import ensure_database, migrate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from support import DEFAULT_NOW, ServerThread  # noqa: E402
+
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+# Hypothesis profiles: quick in CI by default, deep on request
+# (POTATO_HYPOTHESIS_PROFILE=deep). Failing examples print their seed and
+# are replayed from the example database (.hypothesis/).
+settings.register_profile("quick", max_examples=25, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("deep", max_examples=1000, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("POTATO_HYPOTHESIS_PROFILE", "quick"))
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (fsync off), migrated once."""
+    external = os.environ.get("POTATO_TEST_DSN")
+    if external:
+        yield external
+        return
+    base = Path(tempfile.mkdtemp(prefix="potato-test-pg-"))
+    os.chmod(base, 0o755)
+    cluster = EmbeddedPostgres(base / "cluster", fast_unsafe=True)
+    cluster.start()
+
+    async def prepare() -> None:
+        await ensure_database(cluster.dsn("postgres"), "potato_test")
+        conn = await asyncpg.connect(cluster.dsn("potato_test"))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(prepare())
+    try:
+        yield cluster.dsn("potato_test")
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_clock() -> FixedClock:
+    return FixedClock(DEFAULT_NOW)
+
+
+@pytest.fixture(scope="session")
+def server(pg_dsn: str, test_clock: FixedClock) -> Iterator[ServerThread]:
+    srv = ServerThread(pg_dsn, test_clock).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def clock(test_clock: FixedClock) -> Iterator[FixedClock]:
+    """The server's clock; put back to DEFAULT_NOW after each test."""
+    test_clock.set(DEFAULT_NOW)
+    yield test_clock
+    test_clock.set(DEFAULT_NOW)
+
+
+@pytest.fixture
+async def channel(server: ServerThread) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(server.target) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> runs_service_pb2_grpc.RunsServiceStub:
+    return runs_service_pb2_grpc.RunsServiceStub(channel)
+
+
+@pytest.fixture
+def admin_stub(channel: grpc.aio.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
+    return admin_service_pb2_grpc.AdminServiceStub(channel)
+
+
+@pytest.fixture
+async def db(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection for assertions and raw-SQL constraint tests."""
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def user_id() -> str:
+    return str(uuid.uuid4())

@@ -1,0 +1,86 @@
+"""Test support: a real PostgreSQL cluster and a real gRPC server on port 0.
+
+The server runs on its own event loop in a background thread, so async tests
+(on pytest-asyncio's loop) and synchronous code such as hypothesis state
+machines can both call it: over gRPC, or through ServerThread.run(coro).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from potato_runs.app import App, Database, build_app
+from potato_runs.clock import FixedClock
+from potato_runs.config import Settings
+from potato_runs.storage.pool import create_pool
+
+T = TypeVar("T")
+
+DEFAULT_NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+class ServerThread:
+    def __init__(self, dsn: str, clock: FixedClock) -> None:
+        self.dsn = dsn
+        self.clock = clock
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="potato-server",
+                                        daemon=True)
+        self.app: App | None = None
+
+    def start(self) -> ServerThread:
+        self._thread.start()
+
+        async def boot() -> App:
+            pool = await create_pool(self.dsn, min_size=2, max_size=20)
+            settings = Settings(host="127.0.0.1", port=0, dsn=self.dsn, grace_period=1.0)
+            return await build_app(settings, clock=self.clock,
+                                   database=Database(dsn=self.dsn, pool=pool))
+
+        self.app = self.run(boot())
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self.app is not None
+        return self.app.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 300) -> T:
+        """Runs a coroutine on the server's loop and waits for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        if self.app is not None:
+            self.run(self.app.stop(0.5))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def rich_status(exc: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,
+                                             error_details_pb2.BadRequest | None,
+                                             status_pb2.Status]:
+    """Decodes google.rpc.Status details from a failed call's trailers."""
+    trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    raw = next((v for k, v in trailers if k == "grpc-status-details-bin"), None)
+    assert raw is not None, "no grpc-status-details-bin trailer"
+    status = status_pb2.Status.FromString(raw)
+    info = bad = None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+    return info, bad, status
