@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
+
+# Before grpc is imported: the embedded cluster uses subprocesses, and gRPC's
+# fork handlers only print noise about them.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import asyncio  # noqa: E402
 import shutil
 import sys
 import tempfile
@@ -23,8 +28,6 @@ from potato_runs.storage.migrate import ensure_database, migrate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from support import DEFAULT_NOW, ServerThread  # noqa: E402
-
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 # Hypothesis profiles: quick in CI by default, deep on request
 # (POTATO_HYPOTHESIS_PROFILE=deep). Failing examples print their seed and

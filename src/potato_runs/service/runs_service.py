@@ -52,7 +52,10 @@ class RunsService:
     async def backfill_days(self, cmd: BackfillDays, ctx: CallContext) -> BackfillResult:
         now = self._clock.now()
         errors = ValidationCollector()
-        today = rules.today_in(now, cmd.time_zone) if cmd.time_zone is not None else None
+        # Backfill is not the hot path: one extra read of the stored zone lets us
+        # report every bad date at once (the database re-checks under the lock).
+        zone = cmd.time_zone or await self._repo.get_zone(cmd.user_id, ctx.deadline)
+        today = rules.today_in(now, zone) if zone is not None else None
         for i, d in enumerate(cmd.local_dates):
             rules.check_markable(d, today, errors, f"local_dates[{i}]")
         errors.raise_if_any()

@@ -133,6 +133,14 @@ class RunsRepository:
             events=tuple(res["events"] or ()),
         )
 
+    async def get_zone(self, user_id: uuid.UUID, deadline: Deadline) -> str | None:
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetchval("SELECT time_zone FROM users WHERE user_id = $1",
+                                       user_id, timeout=timeout)
+
+        zone = await self._run(deadline, "user_id", op)
+        return str(zone) if zone is not None else None
+
     async def get_active(self, user_id: uuid.UUID,
                          deadline: Deadline) -> tuple[str | None, Run | None]:
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:

@@ -1,0 +1,68 @@
+"""Server plumbing: health, reflection, database outages and deadlines."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from potato.runs.v2 import runs_service_pb2 as pb
+from potato.runs.v2 import runs_service_pb2_grpc
+from potato_runs.app import Database, build_app
+from potato_runs.clock import FixedClock
+from potato_runs.config import Settings
+from potato_runs.storage.embedded import free_port
+from potato_runs.storage.pool import create_pool
+from support import rich_status
+
+
+async def test_health_reports_serving(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "potato.runs.v2.RunsService", "potato.runs.v2.AdminService"):
+        res = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert res.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_services(channel: grpc.aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+
+    async def requests():  # type: ignore[no-untyped-def]
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+    names = []
+    async for res in stub.ServerReflectionInfo(requests()):
+        names = [s.name for s in res.list_services_response.service]
+    assert "potato.runs.v2.RunsService" in names and "grpc.health.v1.Health" in names
+
+
+async def test_unreachable_database_gives_unavailable() -> None:
+    dsn = f"postgresql://potato@127.0.0.1:{free_port()}/nothing"
+    pool = await create_pool(dsn, min_size=0, max_size=2)
+    app = await build_app(Settings(port=0, dsn=dsn), clock=FixedClock(
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC)), database=Database(dsn=dsn, pool=pool))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = runs_service_pb2_grpc.RunsServiceStub(ch)
+            for call in (stub.MarkDay(pb.MarkDayRequest(
+                    user_id="6f1c3a52-8a41-4d8e-9c3e-3b7c2a1d0e99", local_date="2025-06-01",
+                    time_zone="UTC")),
+                    stub.GetActiveRun(pb.GetActiveRunRequest(
+                        user_id="6f1c3a52-8a41-4d8e-9c3e-3b7c2a1d0e99"))):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+                info, _, _ = rich_status(err.value)
+                assert info is not None and info.reason == "DATABASE_UNAVAILABLE"
+    finally:
+        await app.stop(0)
+
+
+async def test_expired_deadline_is_deadline_exceeded_not_internal(
+        stub: runs_service_pb2_grpc.RunsServiceStub, user_id: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.MarkDay(pb.MarkDayRequest(user_id=user_id, local_date="2025-06-01",
+                                             time_zone="UTC"), timeout=0.000001)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
