@@ -8,7 +8,7 @@ import os
 # fork handlers only print noise about them.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-import asyncio  # noqa: E402
+import asyncio
 import shutil
 import sys
 import tempfile
@@ -27,7 +27,7 @@ from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.migrate import ensure_database, migrate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from support import DEFAULT_NOW, ServerThread  # noqa: E402
+from support import DEFAULT_NOW, ServerThread
 
 # Hypothesis profiles: quick in CI by default, deep on request
 # (POTATO_HYPOTHESIS_PROFILE=deep). Failing examples print their seed and

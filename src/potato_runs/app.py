@@ -11,8 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc, runs_service_pb2
-from potato.runs.v2 import runs_service_pb2_grpc
+from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc, runs_service_pb2, runs_service_pb2_grpc
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
 from potato_runs.service.admin_service import AdminService

@@ -8,9 +8,8 @@ import json
 import logging
 import os
 import signal
-import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,8 +41,8 @@ def _settings(**overrides: Any) -> Settings:
     return Settings.from_env(**overrides)
 
 
-def _run(coro: Awaitable[T]) -> T:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
 
 
 # --------------------------------------------------------------------------- serve
@@ -119,7 +118,7 @@ def _call(target: str | None, fn: Callable[[runs_service_pb2_grpc.RunsServiceStu
 
 
 def _change(value: int) -> str:
-    return run_pb2.RunChange.Name(value).removeprefix("RUN_CHANGE_").lower()  # type: ignore[arg-type]
+    return run_pb2.RunChange.Name(value).removeprefix("RUN_CHANGE_").lower()
 
 
 def _runs_table(runs: Any, title: str) -> Table:
@@ -194,7 +193,7 @@ def runs(user: str, page_size: int = typer.Option(50, "--page-size"),
     token = ""
     while True:
         req = runs_service_pb2.ListRunsRequest(user_id=user, page_size=page_size, page_token=token)
-        res = _call(target, lambda s: s.ListRuns(req, timeout=10))
+        res = _call(target, lambda s, r=req: s.ListRuns(r, timeout=10))  # type: ignore[misc]
         collected.extend(res.runs)
         token = res.next_page_token
         if not token or not all_pages:
@@ -347,4 +346,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051
     dsn: str | None = None
-    data_dir: Path = default_data_dir()
+    data_dir: Path = field(default_factory=default_data_dir)
     pool_min_size: int = 2
     pool_max_size: int = 16
     default_timeout: float = 5.0

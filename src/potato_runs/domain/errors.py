@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Stable machine-readable reasons (google.rpc.ErrorInfo.reason)."""
 
     INVALID_USER_ID = "INVALID_USER_ID"
@@ -29,7 +29,7 @@ class Reason(str, Enum):
     INTERNAL = "INTERNAL"
 
 
-class ErrorKind(str, Enum):
+class ErrorKind(StrEnum):
     """The category a transport maps to a status code."""
 
     INVALID_ARGUMENT = "INVALID_ARGUMENT"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 LAUNCH_DATE = dt.date(2025, 1, 1)
 """Nothing can be marked before this date."""
@@ -14,7 +14,7 @@ MAX_BACKFILL_DATES = 500
 """Most dates one BackfillDays call may carry."""
 
 
-class Change(str, Enum):
+class Change(StrEnum):
     NONE = "none"
     CREATED = "created"
     EXTENDED = "extended"

@@ -94,8 +94,9 @@ class EmbeddedPostgres:
         if self.os_user:
             pw = pwd.getpwnam(self.os_user)
             kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
-        return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                              cwd="/", check=False, **kwargs)  # type: ignore[call-overload]
+        result: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+            args, capture_output=True, text=True, timeout=timeout, cwd="/", check=False, **kwargs)
+        return result
 
     def _prepare_dir(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

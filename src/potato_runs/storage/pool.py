@@ -24,4 +24,4 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
         server_settings={"application_name": "potato-runs", "TimeZone": "UTC"},
     )
     assert pool is not None
-    return pool  # type: ignore[no-any-return]
+    return pool

@@ -17,7 +17,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_CHECK_LIMIT = 10_000
 
 
-class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):
+class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     def __init__(self, service: AdminService, default_timeout: float, max_timeout: float) -> None:
         self._service = service
         self._default_timeout = default_timeout

@@ -28,7 +28,7 @@ _CHANGE = {
 MAX_SOURCE_LENGTH = 64
 
 
-def change_to_proto(change: Change) -> run_pb2.RunChange.ValueType:
+def change_to_proto(change: Change) -> run_pb2.RunChange:
     return _CHANGE[change]
 
 

@@ -14,7 +14,7 @@ from potato_runs.transport.status import maps_errors
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
-class RunsServicer(runs_service_pb2_grpc.RunsServiceServicer):
+class RunsServicer(runs_service_pb2_grpc.RunsServiceServicer):  # type: ignore[misc]
     def __init__(self, service: RunsService, default_timeout: float, max_timeout: float) -> None:
         self._service = service
         self._default_timeout = default_timeout

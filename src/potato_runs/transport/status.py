@@ -66,7 +66,7 @@ def maps_errors(method: F) -> F:
             if err.kind is ErrorKind.INTERNAL:
                 log.error("internal error in %s: %s", method.__name__, err)
             await abort(context, err)
-        except Exception:  # noqa: BLE001 - the last line of defence
+        except Exception:
             log.exception("unexpected error in %s", method.__name__)
             await abort(context, DomainError(ErrorKind.INTERNAL, Reason.INTERNAL,
                                              "internal error"))
