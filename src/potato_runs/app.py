@@ -15,6 +15,7 @@ from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc, runs_servi
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
 from potato_runs.service.admin_service import AdminService
+from potato_runs.service.invariant_monitor import InvariantMonitor
 from potato_runs.service.runs_service import RunsService
 from potato_runs.service.telemetry import Telemetry
 from potato_runs.storage.admin_repo import AdminRepository
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 RUNS_SERVICE = runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+INVARIANTS_HEALTH = "potato.runs.v2.Invariants"
+"""Health service name that turns NOT_SERVING while the invariant checker finds violations."""
 
 
 @dataclass
@@ -75,6 +78,7 @@ class App:
     runs: RunsService
     admin: AdminService
     health: health.HealthServicer
+    monitor: InvariantMonitor
     _stopped: bool = field(default=False)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -82,6 +86,7 @@ class App:
             return
         self._stopped = True
         self.health.enter_graceful_shutdown()
+        await self.monitor.stop()
         await self.server.stop(self.settings.grace_period if grace is None else grace)
         await self.database.close()
 
@@ -104,13 +109,20 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         AdminServicer(admin, settings.default_timeout, settings.max_timeout), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", RUNS_SERVICE, ADMIN_SERVICE):
+    for name in ("", RUNS_SERVICE, ADMIN_SERVICE, INVARIANTS_HEALTH):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def report(ok: bool, _count: int) -> None:
+        health_servicer.set(INVARIANTS_HEALTH, health_pb2.HealthCheckResponse.SERVING if ok
+                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    monitor = InvariantMonitor(admin, settings.invariant_check_interval, report)
     reflection.enable_server_reflection(
         (RUNS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
+    monitor.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
-               admin=admin, health=health_servicer)
+               admin=admin, health=health_servicer, monitor=monitor)

@@ -27,6 +27,8 @@ class Settings:
     max_timeout: float = 30.0
     """Cap on the deadline we honour from clients."""
     grace_period: float = 5.0
+    invariant_check_interval: float = 300.0
+    """Seconds between background invariant checks feeding health; 0 disables."""
     log_level: str = "INFO"
 
     @classmethod
@@ -44,6 +46,8 @@ class Settings:
             values["data_dir"] = Path(env["POTATO_DATA_DIR"])
         if env.get("POTATO_POOL_MAX_SIZE"):
             values["pool_max_size"] = int(env["POTATO_POOL_MAX_SIZE"])
+        if env.get("POTATO_INVARIANT_CHECK_INTERVAL"):
+            values["invariant_check_interval"] = float(env["POTATO_INVARIANT_CHECK_INTERVAL"])
         if env.get("POTATO_LOG_LEVEL"):
             values["log_level"] = env["POTATO_LOG_LEVEL"]
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -66,3 +66,51 @@ async def test_expired_deadline_is_deadline_exceeded_not_internal(
         await stub.MarkDay(pb.MarkDayRequest(user_id=user_id, local_date="2025-06-01",
                                              time_zone="UTC"), timeout=0.000001)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_invariant_violations_turn_the_invariants_health_not_serving(pg_dsn: str) -> None:
+    import uuid
+
+    import asyncpg
+
+    from potato_runs.app import INVARIANTS_HEALTH
+    from potato_runs.storage.migrate import ensure_database, migrate
+
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    admin_dsn = pg_dsn.rsplit("/", 1)[0] + "/postgres"
+    await ensure_database(admin_dsn, name)
+    dsn = pg_dsn.rsplit("/", 1)[0] + "/" + name
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    async with pool.acquire() as conn:
+        await migrate(conn)
+    app = await build_app(Settings(port=0, dsn=dsn, invariant_check_interval=0),
+                          clock=FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
+                          database=Database(dsn=dsn, pool=pool))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+
+            async def status() -> int:
+                res = await health.Check(health_pb2.HealthCheckRequest(service=INVARIANTS_HEALTH))
+                return int(res.status)
+
+            assert await app.monitor.check_once() == 0
+            assert await status() == health_pb2.HealthCheckResponse.SERVING
+            user = uuid.uuid4()
+            async with pool.acquire() as conn:   # a fact the projection does not know about
+                await conn.execute("INSERT INTO users (user_id, time_zone) VALUES ($1, 'UTC')", user)
+                await conn.execute("INSERT INTO daily_checkins (user_id, checkin_date, time_zone) "
+                                   "VALUES ($1, '2025-03-01', 'UTC')", user)
+            assert await app.monitor.check_once() > 0
+            assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Serving traffic is unaffected; only the invariants service reports the problem.
+            overall = await health.Check(health_pb2.HealthCheckRequest(service=""))
+            assert overall.status == health_pb2.HealthCheckResponse.SERVING
+            await app.admin.rebuild_user(user, None, None, False)
+            assert await app.monitor.check_once() == 0
+            assert await status() == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await app.stop(0)
+        conn2 = await asyncpg.connect(admin_dsn)
+        await conn2.execute(f'DROP DATABASE "{name}"')
+        await conn2.close()

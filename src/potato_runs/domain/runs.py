@@ -112,8 +112,10 @@ def plan_rebuild(
                                                              for r in target]
     if not spans:
         return RebuildPlan(RunDiff(), None)
-    lo = from_date or min(s for s, _ in spans)
-    hi = to_date or max(e for _, e in spans)
+    # An open end stops at the data, but never before the given end: a range
+    # wholly after (or before) every run is empty, yet still fixes `active`.
+    lo = from_date or min(min(s for s, _ in spans), to_date or dt.date.max)
+    hi = to_date or max(max(e for _, e in spans), lo)
     if lo > hi:
         return RebuildPlan(RunDiff(), None)
     lo, hi = widen_range(lo, hi, stored, all_dates)
