@@ -28,13 +28,13 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-import asyncpg  # noqa: E402
-import grpc  # noqa: E402
+import asyncpg
+import grpc
 
-from potato.runs.v2 import runs_service_pb2 as pb  # noqa: E402
-from potato.runs.v2 import runs_service_pb2_grpc  # noqa: E402
-from potato_runs.storage.embedded import EmbeddedPostgres  # noqa: E402
-from potato_runs.storage.migrate import ensure_database  # noqa: E402
+from potato.runs.v2 import runs_service_pb2 as pb
+from potato.runs.v2 import runs_service_pb2_grpc
+from potato_runs.storage.embedded import EmbeddedPostgres
+from potato_runs.storage.migrate import ensure_database
 
 START = dt.date(2025, 1, 1)
 
@@ -52,7 +52,7 @@ def requests(n: int, users: int, seed: int) -> list[pb.MarkDayRequest]:
 
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def bench(target: str, calls: int, concurrency: int) -> None:
