@@ -1,0 +1,101 @@
+"""The real `potato-runs` executable: embedded PostgreSQL, signals, persistence, CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+EXE = str(Path(sys.executable).parent / "potato-runs")
+ENV = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", "POTATO_INVARIANT_CHECK_INTERVAL": "0"}
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="potato-e2e-"))
+    os.chmod(base, 0o755)
+    yield base / "pgdata"
+    subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+def start(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([EXE, "serve", "--port", "0", "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()   # blocks until the server prints its address (or dies)
+    assert "serving on" in line, (line, proc.stderr.read() if proc.stderr else "")
+    return proc, line.split(" on ")[1].split()[0]
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    return out
+
+
+def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([EXE, *args], capture_output=True, text=True, env=ENV, timeout=60,
+                         check=False)
+    if ok:
+        assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def test_serve_embedded_persists_across_restarts_and_stops_cleanly(data_dir: Path) -> None:
+    user = str(uuid.uuid4())
+    proc, target = start(data_dir)
+    try:
+        with grpc.insecure_channel(target) as ch:
+            res = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert res.status == health_pb2.HealthCheckResponse.SERVING
+        out = cli("mark", user, "2025-06-15", "--tz", "America/New_York", "--target", target)
+        assert "created" in out.stdout
+        out = cli("mark", user, "2025-06-16", "--target", target)
+        assert "extended" in out.stdout and "2 days" in out.stdout
+        bad = cli("mark", user, "2024-12-31", "--target", target, ok=False)
+        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+    finally:
+        assert "shutting down" in stop(proc)
+    # The embedded cluster stopped with the server ...
+    assert not (data_dir / "data" / "postmaster.pid").exists()
+    # ... and the data is still there after a restart.
+    proc, target = start(data_dir)
+    try:
+        out = cli("runs", user, "--target", target)
+        assert "2025-06-15" in out.stdout and "2025-06-16" in out.stdout
+        out = cli("active", user, "--target", target)
+        assert "2 days" in out.stdout
+    finally:
+        stop(proc)
+
+
+def test_operator_commands_against_the_embedded_cluster(data_dir: Path) -> None:
+    res = cli("migrate", "--data-dir", str(data_dir))
+    assert "applied" in res.stdout
+    res = cli("migrate", "--data-dir", str(data_dir))
+    assert "up to date" in res.stdout
+    res = cli("check", "--data-dir", str(data_dir), "--json")
+    assert '"ok": true' in res.stdout
+    res = cli("rebuild", "--all", "--data-dir", str(data_dir), "--json")
+    assert '"users_scanned": 0' in res.stdout
+
+
+def test_missing_postgres_binaries_are_explained(tmp_path: Path) -> None:
+    code = ("import glob, shutil; "
+            "from potato_runs.storage import embedded; "
+            "shutil.which = lambda *_a, **_k: None; glob.glob = lambda *_a, **_k: []; "
+            "embedded.find_pg_bindir()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**ENV, "POTATO_PG_BINDIR": ""}, check=False)
+    assert res.returncode != 0
+    assert "apt-get install" in res.stderr and "--dsn" in res.stderr
