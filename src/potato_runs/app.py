@@ -112,9 +112,11 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     for name in ("", RUNS_SERVICE, ADMIN_SERVICE, INVARIANTS_HEALTH):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    def report(ok: bool, _count: int) -> None:
-        health_servicer.set(INVARIANTS_HEALTH, health_pb2.HealthCheckResponse.SERVING if ok
-                            else health_pb2.HealthCheckResponse.NOT_SERVING)
+    def report(ok: bool | None, _count: int) -> None:
+        status = (health_pb2.HealthCheckResponse.UNKNOWN if ok is None
+                  else health_pb2.HealthCheckResponse.SERVING if ok
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        health_servicer.set(INVARIANTS_HEALTH, status)
 
     monitor = InvariantMonitor(admin, settings.invariant_check_interval, report)
     reflection.enable_server_reflection(

@@ -228,6 +228,21 @@ async def _with_admin(dsn: str | None, data_dir: Path | None,
         await db.close()
 
 
+def _admin(dsn: str | None, data_dir: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Runs an operator routine; failures exit 2 with a plain message (1 means violations)."""
+    from potato_runs.domain.errors import DomainError
+    from potato_runs.storage.embedded import EmbeddedPostgresError
+
+    try:
+        return _run(_with_admin(dsn, data_dir, fn))
+    except DomainError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except (EmbeddedPostgresError, OSError) as exc:
+        err_console.print(f"[red]error:[/red] cannot reach PostgreSQL: {exc}")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user"),
             all_users: bool = typer.Option(False, "--all", help="Rebuild every user"),
@@ -247,8 +262,9 @@ def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user"),
         except ValueError as exc:
             raise typer.BadParameter("--user must be a UUID") from exc
         lo, hi = _parse_date(from_date, "--from"), _parse_date(to_date, "--to")
-        plan = _run(_with_admin(dsn, data_dir,
-                                lambda s: s.rebuild_user(user_id, lo, hi, dry_run)))
+        if lo and hi and lo > hi:
+            raise typer.BadParameter("--to is before --from")
+        plan = _admin(dsn, data_dir, lambda s: s.rebuild_user(user_id, lo, hi, dry_run))
         d = plan.diff
         if as_json:
             print(json.dumps({
@@ -294,7 +310,7 @@ def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user"),
             return await service.rebuild_all(batch=batch, dry_run=dry_run, force=force,
                                              progress=tick)
 
-    report = _run(_with_admin(dsn, data_dir, run_all))
+    report = _admin(dsn, data_dir, run_all)
     summary = {"users_scanned": report.users_scanned, "users_drifted": report.users_drifted,
                "users_rebuilt": report.users_rebuilt, "runs_added": report.runs_added,
                "runs_removed": report.runs_removed, "runs_changed": report.runs_changed,
@@ -315,14 +331,14 @@ def check(user: str = typer.Option(None, "--user", help="Check one user (default
           limit: int = typer.Option(1000, "--limit", min=1),
           as_json: bool = typer.Option(False, "--json"),
           dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
-    """Report every invariant violation; exits 1 when there is any."""
+    """Report every invariant violation; exits 1 when there is any, 2 when the check cannot run."""
     user_id = None
     if user:
         try:
             user_id = uuid.UUID(user)
         except ValueError as exc:
             raise typer.BadParameter("--user must be a UUID") from exc
-    violations, truncated = _run(_with_admin(dsn, data_dir, lambda s: s.check(user_id, limit)))
+    violations, truncated = _admin(dsn, data_dir, lambda s: s.check(user_id, limit))
     if as_json:
         print(json.dumps({"ok": not violations, "truncated": truncated,
                           "violations": [{"code": v.code, "user_id": str(v.user_id),

@@ -50,21 +50,25 @@ class RunDiff:
 
 
 def diff_runs(stored: Sequence[Run], rebuilt: Sequence[Run]) -> RunDiff:
-    """Pairs runs by start date: same start means changed (if anything differs)."""
+    """Pairs runs by start date: same start means changed (if anything differs).
+
+    Each stored run is paired at most once; stored runs left unpaired (including
+    duplicates of a start date, possible only in damaged data) are removed.
+    """
     diff = RunDiff()
-    by_start = {r.start_date: r for r in stored}
-    seen: set[dt.date] = set()
+    by_start: dict[dt.date, list[Run]] = {}
+    for r in sorted(stored, key=lambda r: (r.start_date, r.end_date)):
+        by_start.setdefault(r.start_date, []).append(r)
     for new in sorted(rebuilt, key=lambda r: r.start_date):
-        old = by_start.get(new.start_date)
-        if old is None or old.start_date in seen:
+        candidates = by_start.get(new.start_date)
+        if not candidates:
             diff.added.append(new)
             continue
-        seen.add(old.start_date)
+        old = candidates.pop(0)
         if old.key() != new.key():
             diff.changed.append(RunRevision(before=old, after=new))
-    diff.removed = sorted(
-        (r for r in stored if r.start_date not in seen), key=lambda r: r.start_date
-    )
+    diff.removed = sorted((r for rest in by_start.values() for r in rest),
+                          key=lambda r: (r.start_date, r.end_date))
     return diff
 
 

@@ -83,8 +83,9 @@ class AdminService:
         report.seconds = time.perf_counter() - started
         return report
 
-    async def check(self, user_id: uuid.UUID | None, limit: int = 1000) -> tuple[list[Violation], bool]:
-        violations, truncated = await self._repo.check(user_id, limit)
+    async def check(self, user_id: uuid.UUID | None, limit: int = 1000,
+                    timeout: float = 600.0) -> tuple[list[Violation], bool]:
+        violations, truncated = await self._repo.check(user_id, limit, timeout=timeout)
         self._telemetry.record_violations(len(violations))
         return violations, truncated
 

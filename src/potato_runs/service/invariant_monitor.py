@@ -14,10 +14,14 @@ log = logging.getLogger(__name__)
 
 
 class InvariantMonitor:
-    """Every `interval` seconds: check everyone; report (ok, violations found)."""
+    """Every `interval` seconds: check everyone; report (ok, violations found).
+
+    ok is None when the check itself could not run (e.g. the database is down):
+    the invariants are then unknown, not broken.
+    """
 
     def __init__(self, admin: AdminService, interval: float,
-                 report: Callable[[bool, int], None], limit: int = 100) -> None:
+                 report: Callable[[bool | None, int], None], limit: int = 100) -> None:
         self._admin = admin
         self._interval = interval
         self._report = report
@@ -30,6 +34,7 @@ class InvariantMonitor:
             violations, _ = await self._admin.check(None, self._limit)
         except DomainError as exc:
             log.warning("invariant check could not run: %s", exc)
+            self._report(None, -1)
             return -1
         self.last_violations = len(violations)
         if violations:
@@ -41,7 +46,11 @@ class InvariantMonitor:
 
     async def _loop(self) -> None:
         while True:
-            await self.check_once()
+            try:
+                await self.check_once()
+            except Exception:  # keep monitoring whatever one round did
+                log.exception("invariant check failed")
+                self._report(None, -1)
             await asyncio.sleep(self._interval)
 
     def start(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,9 @@ class Telemetry:
         self._events = meter.create_counter(
             "potato.runs.events", unit="{event}",
             description="Changes to the runs projection, by kind")
+        self._duration = meter.create_histogram(
+            "potato.runs.write.duration", unit="ms",
+            description="Latency of a write use case, database round trip included (SLI: p95 < 50 ms)")
         self._rebuilt = meter.create_counter(
             "potato.runs.rebuild.changes", unit="{run}",
             description="Runs a rebuild added, removed or changed")
@@ -28,11 +32,20 @@ class Telemetry:
 
     @contextmanager
     def write_span(self, operation: str, user_id: uuid.UUID) -> Iterator[None]:
+        started = time.perf_counter()
+        outcome = "ok"
         with self._tracer.start_as_current_span(
             f"potato.runs.{operation}",
             attributes={"potato.operation": operation, "enduser.id": str(user_id)},
         ):
-            yield
+            try:
+                yield
+            except BaseException:
+                outcome = "error"
+                raise
+            finally:
+                self._duration.record((time.perf_counter() - started) * 1000,
+                                      {"operation": operation, "outcome": outcome})
 
     def record_events(self, kinds: Iterable[str]) -> None:
         for kind in kinds:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from potato_runs.deadline import Deadline
 from potato_runs.domain.model import Run
 from potato_runs.domain.runs import RebuildPlan, plan_rebuild
 from potato_runs.storage.errors import map_db_error
@@ -20,8 +21,15 @@ _RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, creat
 
 
 def _run_json(r: Run) -> str:
-    return json.dumps({"start_date": r.start_date.isoformat(), "end_date": r.end_date.isoformat(),
-                       "day_count": r.day_count, "active": r.active, "run_id": r.run_id})
+    """The same shape as potato_run_json() in SQL; unknown values are null."""
+    def ts(v: dt.datetime | None) -> str | None:
+        return v.isoformat() if v is not None else None
+
+    return json.dumps({"run_id": r.run_id, "start_date": r.start_date.isoformat(),
+                       "end_date": r.end_date.isoformat(), "day_count": r.day_count,
+                       "active": r.active, "created_at": ts(r.created_at),
+                       "updated_at": ts(r.updated_at),
+                       "last_extended_at": ts(r.last_extended_at)})
 
 
 @dataclass(frozen=True)
@@ -34,22 +42,21 @@ class Violation:
 # Each invariant is one set-based query. {u} is replaced by a user filter
 # (`AND x.user_id = $1`) for a one-user check, which then runs on the indexes.
 INVARIANT_QUERIES: dict[str, str] = {
+    # Every offending pair is reported (a self-join per user, not just neighbours).
     "RUNS_OVERLAP": """
-        SELECT user_id, format('run %s..%s overlaps run %s..%s', prev_start, prev_end,
-                               start_date, end_date) AS detail
-          FROM (SELECT user_id, start_date, end_date,
-                       lag(start_date) OVER w AS prev_start, lag(end_date) OVER w AS prev_end
-                  FROM runs r WHERE true {u}
-                WINDOW w AS (PARTITION BY user_id ORDER BY start_date, end_date)) x
-         WHERE prev_end >= start_date""",
+        SELECT r.user_id, format('run %s..%s overlaps run %s..%s', r.start_date, r.end_date,
+                                 b.start_date, b.end_date) AS detail
+          FROM runs r
+          JOIN runs b ON b.user_id = r.user_id
+                     AND (b.start_date, b.run_id) > (r.start_date, r.run_id)
+                     AND b.start_date <= r.end_date AND r.start_date <= b.end_date
+         WHERE true {u}""",
     "RUNS_NOT_MERGED": """
-        SELECT user_id, format('run %s..%s touches run %s..%s but was not merged',
-                               prev_start, prev_end, start_date, end_date) AS detail
-          FROM (SELECT user_id, start_date, end_date,
-                       lag(start_date) OVER w AS prev_start, lag(end_date) OVER w AS prev_end
-                  FROM runs r WHERE true {u}
-                WINDOW w AS (PARTITION BY user_id ORDER BY start_date, end_date)) x
-         WHERE prev_end = start_date - 1""",
+        SELECT r.user_id, format('run %s..%s touches run %s..%s but was not merged',
+                                 r.start_date, r.end_date, b.start_date, b.end_date) AS detail
+          FROM runs r
+          JOIN runs b ON b.user_id = r.user_id AND b.start_date = r.end_date + 1
+         WHERE true {u}""",
     "END_BEFORE_START": """
         SELECT user_id, format('run %s..%s ends before it starts', start_date, end_date)
           FROM runs r WHERE end_date < start_date {u}""",
@@ -138,34 +145,35 @@ class AdminRepository:
                            to_date: dt.date | None, dry_run: bool, now: dt.datetime,
                            request_id: str | None, timeout: float = 60.0) -> RebuildPlan:
         """Deletes and replays one user's runs in [from, to] (widened), under the lock."""
+        budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=timeout) as conn:
+            async with self._pool.acquire(timeout=budget.timeout()) as conn:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(potato_lock_key($1))",
-                                       user_id, timeout=timeout)
+                                       user_id, timeout=budget.timeout())
                     dates = [r["checkin_date"] for r in await conn.fetch(
                         "SELECT checkin_date FROM daily_checkins WHERE user_id = $1",
-                        user_id, timeout=timeout)]
+                        user_id, timeout=budget.timeout())]
                     stored = [run_from_record(r) for r in await conn.fetch(
                         f"SELECT {_RUN_COLUMNS} FROM runs WHERE user_id = $1",
-                        user_id, timeout=timeout)]
+                        user_id, timeout=budget.timeout())]
                     plan = plan_rebuild(user_id, stored, dates, from_date, to_date)
                     if not dry_run and not plan.diff.empty:
-                        await self._apply(conn, user_id, plan, now, request_id, timeout)
+                        await self._apply(conn, user_id, plan, now, request_id, budget)
                     return plan
         except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise map_db_error(exc) from exc
 
     async def _apply(self, conn: asyncpg.Connection, user_id: uuid.UUID, plan: RebuildPlan,
-                     now: dt.datetime, request_id: str | None, timeout: float) -> None:
+                     now: dt.datetime, request_id: str | None, budget: Deadline) -> None:
         """Writes a plan in at most six set-based statements (arrays, not row loops)."""
         diff = plan.diff
         await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch DEFERRED",
-                           timeout=timeout)
+                           timeout=budget.timeout())
         events: list[tuple[str, str | None, str | None]] = []
         if diff.removed:
             await conn.execute("DELETE FROM runs WHERE run_id = ANY($1::bigint[])",
-                               [r.run_id for r in diff.removed], timeout=timeout)
+                               [r.run_id for r in diff.removed], timeout=budget.timeout())
             events += [("run_deleted", _run_json(r), None) for r in diff.removed]
         # Deactivations before activations: the one-active index is not deferrable.
         for active in (False, True):
@@ -177,7 +185,7 @@ class AdminRepository:
                          FROM unnest($1::bigint[], $2::date[], $3::date[]) AS u(id, s, e)
                         WHERE r.run_id = u.id AND r.user_id = $4""",
                     [c.before.run_id for c in revs], [c.after.start_date for c in revs],
-                    [c.after.end_date for c in revs], user_id, active, now, timeout=timeout)
+                    [c.after.end_date for c in revs], user_id, active, now, timeout=budget.timeout())
                 events += [("run_rebuilt", _run_json(c.before), _run_json(c.after)) for c in revs]
             added = [r for r in diff.added if r.active is active]
             if added:
@@ -187,16 +195,16 @@ class AdminRepository:
                        SELECT $1, u.s, u.e, u.e - u.s + 1, $4, $5, $5, NULL
                          FROM unnest($2::date[], $3::date[]) AS u(s, e)""",
                     user_id, [r.start_date for r in added], [r.end_date for r in added], active,
-                    now, timeout=timeout)
+                    now, timeout=budget.timeout())
                 events += [("run_created", None, _run_json(r)) for r in added]
         await conn.execute(
             """INSERT INTO run_events (user_id, kind, cause, before, after, occurred_at, request_id)
                SELECT $1, u.kind, 'rebuild', u.before::jsonb, u.after::jsonb, $5, $6
                  FROM unnest($2::text[], $3::text[], $4::text[]) AS u(kind, before, after)""",
             user_id, [e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
-            now, request_id, timeout=timeout)
+            now, request_id, timeout=budget.timeout())
         await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch IMMEDIATE",
-                           timeout=timeout)
+                           timeout=budget.timeout())
 
     async def drifted_users(self, after: uuid.UUID, batch: int,
                             timeout: float = 300.0) -> tuple[uuid.UUID | None, int, list[uuid.UUID]]:
@@ -220,16 +228,17 @@ class AdminRepository:
     async def check(self, user_id: uuid.UUID | None, limit: int,
                     codes: Sequence[str] | None = None,
                     timeout: float = 600.0) -> tuple[list[Violation], bool]:
-        """Runs every invariant query; returns (violations, truncated)."""
+        """Runs every invariant query within one time budget; returns (violations, truncated)."""
         out: list[Violation] = []
         truncated = False
+        deadline = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=timeout) as conn:
+            async with self._pool.acquire(timeout=deadline.timeout()) as conn:
                 for code in codes or INVARIANT_QUERIES:
                     sql = invariant_sql(code, user_id is not None)
                     sql = f"SELECT * FROM ({sql}) v LIMIT {int(limit) + 1}"
                     args = (user_id,) if user_id is not None else ()
-                    rows = await conn.fetch(sql, *args, timeout=timeout)
+                    rows = await conn.fetch(sql, *args, timeout=deadline.timeout())
                     for r in rows:
                         if len(out) >= limit:
                             truncated = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -116,8 +117,17 @@ class EmbeddedPostgres:
     def _pgdata(self) -> Path:
         return self.data_dir / "data"
 
+    @property
+    def _password_file(self) -> Path:
+        return self.data_dir / "superuser.password"
+
     def dsn(self, database: str = "potato") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        """DSN of `database`; the superuser's password (scram-sha-256) comes from
+        a 0600 file beside the cluster, so other local users cannot connect."""
+        auth = SUPERUSER
+        if self._password_file.exists():
+            auth += ":" + self._password_file.read_text().strip()
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{database}"
 
     def _running_port(self) -> int | None:
         pid_file = self._pgdata / "postmaster.pid"
@@ -134,10 +144,23 @@ class EmbeddedPostgres:
         """Initialises (first time) and starts the cluster; returns the DSN of `potato`."""
         self._prepare_dir()
         if not (self._pgdata / "PG_VERSION").exists():
-            res = self._run([str(self.bindir / "initdb"), "-D", str(self._pgdata), "-U", SUPERUSER,
-                             "-A", "trust", "-E", "UTF8", "--locale=C"])
+            password = secrets.token_urlsafe(24)
+            pwfile = self.data_dir / "initdb.pw"
+            pwfile.write_text(password + "\n")
+            os.chmod(pwfile, 0o600)
+            if self.os_user:
+                pw = pwd.getpwnam(self.os_user)
+                os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+            try:
+                res = self._run([str(self.bindir / "initdb"), "-D", str(self._pgdata),
+                                 "-U", SUPERUSER, "-A", "scram-sha-256", f"--pwfile={pwfile}",
+                                 "-E", "UTF8", "--locale=C"])
+            finally:
+                pwfile.unlink(missing_ok=True)
             if res.returncode != 0:
                 raise EmbeddedPostgresError(f"initdb failed:\n{res.stderr}")
+            self._password_file.write_text(password + "\n")
+            os.chmod(self._password_file, 0o600)
         running = self._running_port()
         if running is not None:
             self.port = running

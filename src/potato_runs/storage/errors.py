@@ -32,7 +32,8 @@ def _detail(exc: asyncpg.PostgresError) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def map_db_error(exc: BaseException, date_field: str = "local_date") -> DomainError:
+def map_db_error(exc: BaseException, date_field: str = "local_date",
+                 zone_given: bool = False) -> DomainError:
     """One place that turns a database failure into a domain error."""
     if isinstance(exc, DomainError):
         return exc
@@ -65,6 +66,12 @@ def map_db_error(exc: BaseException, date_field: str = "local_date") -> DomainEr
         if code.startswith(_UNAVAILABLE_CLASSES) or code in _UNAVAILABLE_CLASSES:
             return DomainError(ErrorKind.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE,
                                "the database is unavailable", {"sqlstate": code})
+        if code == "22023" and zone_given:
+            # PostgreSQL's zone database lacks a zone Python's tzdata knows.
+            return invalid_argument(
+                [FieldViolation("time_zone", Reason.INVALID_TIME_ZONE,
+                                "the time zone is not known to the database")],
+                {"sqlstate": code})
         if code.startswith("22"):
             return invalid_argument(
                 [FieldViolation("request", Reason.INVALID_VALUE,

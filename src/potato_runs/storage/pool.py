@@ -21,7 +21,10 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
         max_size=max_size,
         command_timeout=command_timeout,
         init=_init_connection,
-        server_settings={"application_name": "potato-runs", "TimeZone": "UTC"},
+        # The write path relies on READ COMMITTED + the per-user advisory lock;
+        # pin it so a different database default cannot change the semantics.
+        server_settings={"application_name": "potato-runs", "TimeZone": "UTC",
+                         "default_transaction_isolation": "read committed"},
     )
     assert pool is not None
     return pool

@@ -67,7 +67,8 @@ class RunsRepository:
         self._retry = retry or RetryPolicy()
 
     async def _run(self, deadline: Deadline, date_field: str,
-                   op: Callable[[asyncpg.Connection, float], Awaitable[T]]) -> T:
+                   op: Callable[[asyncpg.Connection, float], Awaitable[T]],
+                   zone_given: bool = False) -> T:
         attempt = 0
         while True:
             attempt += 1
@@ -79,7 +80,7 @@ class RunsRepository:
                     delay = min(self._retry.max_delay, self._retry.base_delay * 2 ** attempt)
                     await asyncio.sleep(random.uniform(0, delay))
                     continue
-                raise map_db_error(exc, date_field) from exc
+                raise map_db_error(exc, date_field, zone_given) from exc
             except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
                 raise map_db_error(exc, date_field) from exc
 
@@ -94,7 +95,7 @@ class RunsRepository:
                 timeout=timeout)
 
         field = "local_date" if local_date is not None else "mark_time"
-        res = await self._run(deadline, field, op)
+        res = await self._run(deadline, field, op, zone_given=time_zone is not None)
         return MarkResult(
             run=run_from_json(user_id, res["run"]),
             local_date=_date(res["local_date"]),
@@ -125,7 +126,7 @@ class RunsRepository:
                 "SELECT potato_backfill_days($1, $2::date[], $3, $4, $5, $6)",
                 user_id, list(dates), time_zone, source, now, request_id, timeout=timeout)
 
-        res = await self._run(deadline, "local_dates", op)
+        res = await self._run(deadline, "local_dates", op, zone_given=time_zone is not None)
         return BackfillResult(
             added_days=int(res["added_days"]),
             runs=tuple(run_from_json(user_id, r) for r in res["runs"]),

@@ -55,7 +55,9 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             errors.add("limit", Reason.INVALID_VALUE, "limit must not be negative")
         errors.raise_if_any()
         limit = min(request.limit or 1000, MAX_CHECK_LIMIT)
-        violations, truncated = await self._service.check(user_id, limit)
+        ctx = convert.call_context(context, self._default_timeout, self._max_timeout)
+        violations, truncated = await self._service.check(user_id, limit,
+                                                          timeout=ctx.deadline.timeout())
         return admin_service_pb2.CheckInvariantsResponse(
             violations=[admin_service_pb2.InvariantViolation(
                 code=v.code, user_id=str(v.user_id), detail=v.detail) for v in violations],

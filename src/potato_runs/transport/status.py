@@ -25,10 +25,25 @@ _CODES: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
 }
 
 
+# Status details travel in trailers, and clients refuse trailers over 8 KiB
+# (grpc.max_metadata_size) with RESOURCE_EXHAUSTED: a backfill of 500 bad dates
+# must still reach the client as INVALID_ARGUMENT. So report the first
+# violations only, say how many there were, and keep the message short.
+MAX_FIELD_VIOLATIONS = 20
+MAX_MESSAGE_CHARS = 1000
+
+
 def to_status(err: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
     code, num = _CODES[err.kind]
+    metadata = dict(err.metadata)
+    message = err.message
+    if len(err.violations) > MAX_FIELD_VIOLATIONS:
+        metadata["field_violations"] = str(len(err.violations))
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = (message[:MAX_MESSAGE_CHARS].rsplit("; ", 1)[0]
+                   + f"; ... ({len(err.violations)} violations in all)")
     info = error_details_pb2.ErrorInfo(reason=err.reason.value, domain=ERROR_DOMAIN,
-                                       metadata=dict(err.metadata))
+                                       metadata=metadata)
     details = []
     packed = any_pb2.Any()
     packed.Pack(info)
@@ -37,12 +52,12 @@ def to_status(err: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
         bad = error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(
                 field=v.field, description=v.description, reason=v.reason.value)
-            for v in err.violations
+            for v in err.violations[:MAX_FIELD_VIOLATIONS]
         ])
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
-    return code, status_pb2.Status(code=num, message=err.message, details=details)
+    return code, status_pb2.Status(code=num, message=message, details=details)
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], err: DomainError) -> None:

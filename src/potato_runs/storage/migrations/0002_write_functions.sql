@@ -104,8 +104,10 @@ BEGIN
     END IF;
 
     SELECT * INTO prev FROM runs WHERE user_id = p_user AND end_date = p_date - 1;
+    -- The first run ending on or after the day: the next run, or (only if the
+    -- projection is damaged) a run that already covers the new day.
     SELECT * INTO nxt FROM runs
-     WHERE user_id = p_user AND end_date > p_date ORDER BY end_date LIMIT 1;
+     WHERE user_id = p_user AND end_date >= p_date ORDER BY end_date LIMIT 1;
     IF nxt.run_id IS NOT NULL AND nxt.start_date <= p_date THEN
         RAISE EXCEPTION 'new check-in % of user % is inside run %..%', p_date, p_user,
                         nxt.start_date, nxt.end_date
