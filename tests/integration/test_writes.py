@@ -163,3 +163,16 @@ async def test_timestamps_come_from_the_injected_clock(stub: RunsServiceStub, cl
     res = await mark(stub, user_id, "2025-04-01")
     assert res.run.create_time.ToDatetime(tzinfo=dt.UTC) == clock.now()  # type: ignore[attr-defined]
     assert res.run.last_extend_time == res.run.create_time
+
+
+async def test_travel_west_keeps_the_streak_and_the_day_removable(
+        stub: RunsServiceStub, clock: object, user_id: str) -> None:
+    # 2026-11-21 12:00 UTC: already 2026-11-22 in Kiritimati (+14), still 11-21 in Pago Pago.
+    await mark(stub, user_id, "2026-11-21", tz="Pacific/Kiritimati")
+    await mark(stub, user_id, "2026-11-22", tz=None)   # the stored zone: Kiritimati
+    res = await mark(stub, user_id, "2026-11-20", tz="Pacific/Pago_Pago")
+    assert span(res.run) == ("2026-11-20", "2026-11-22", 3, True)
+    active = await stub.GetActiveRun(pb.GetActiveRunRequest(user_id=user_id))
+    assert active.current and active.current_streak_days == 3
+    res2 = await unmark(stub, user_id, "2026-11-22")   # "tomorrow" in Pago Pago
+    assert res2.change == C.RUN_CHANGE_SHRUNK

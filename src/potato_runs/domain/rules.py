@@ -88,8 +88,12 @@ def check_markable(
 
 
 def is_current(end_date: dt.date, today: dt.date) -> bool:
-    """A run is current when it ends today or yesterday in the user's zone."""
-    return end_date in (today, today - dt.timedelta(days=1))
+    """A run is current when it ends today or yesterday in the user's zone.
+
+    An end after today counts too: it happens only after travel west (the day
+    was marked where the date had already begun), and must not reset a streak.
+    """
+    return end_date >= today - dt.timedelta(days=1)
 
 
 def page_size(requested: int, errors: ValidationCollector) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
 from collections.abc import Iterable, Sequence
 
@@ -97,7 +98,7 @@ def satisfies_constraints(runs: Sequence[Run]) -> bool:
     ordered = sorted(runs, key=lambda r: r.start_date)
     if sum(r.active for r in runs) > 1:
         return False
-    return all(a.end_date + ONE < b.start_date for a, b in zip(ordered, ordered[1:], strict=False))
+    return all(a.end_date + ONE < b.start_date for a, b in itertools.pairwise(ordered))
 
 
 # --- islands / runs_from_dates ----------------------------------------------------
@@ -173,7 +174,7 @@ def test_runs_are_exactly_the_dates(dates: list[dt.date]) -> None:
 def test_islands_never_touch_or_overlap(dates: list[dt.date]) -> None:
     spans_ = islands(dates)
     assert spans_ == sorted(spans_)
-    for (_, e1), (s2, _) in zip(spans_, spans_[1:], strict=False):
+    for (_, e1), (s2, _) in itertools.pairwise(spans_):
         assert s2 - e1 >= dt.timedelta(days=2)    # at least one unmarked day between
 
 
@@ -203,7 +204,7 @@ def test_adding_a_date_never_increases_the_run_count_by_more_than_one(
 
 def test_diff_of_equal_projections_is_empty() -> None:
     stored = [run("2025-01-01", "2025-01-03", run_id=1), run("2025-02-01", "2025-02-01", True, 2)]
-    diff = diff_runs(stored, runs_from_dates(U, days("2025-01-01", "2025-01-03") + [d("2025-02-01")]))
+    diff = diff_runs(stored, runs_from_dates(U, [*days("2025-01-01", "2025-01-03"), d("2025-02-01")]))
     assert diff.empty
     assert diff_runs([], []).empty
 
@@ -328,7 +329,7 @@ def test_rebuild_of_nothing() -> None:
 
 
 def test_full_rebuild_from_an_empty_projection() -> None:
-    facts = days("2025-12-30", "2026-01-02") + [d("2028-02-29")]
+    facts = [*days("2025-12-30", "2026-01-02"), d("2028-02-29")]
     plan = plan_rebuild(U, [], facts)
     assert spans(plan.diff.added) == [("2025-12-30", "2026-01-02", 4, False),
                                       ("2028-02-29", "2028-02-29", 1, True)]

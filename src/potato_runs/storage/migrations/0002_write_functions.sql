@@ -227,14 +227,13 @@ CREATE FUNCTION potato_unmark_day(p_user uuid, p_date date, p_now timestamptz,
 RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     cur runs; a runs; b runs; latest runs;
-    v_zone text; n int;
+    n int;
     v_events text[] := ARRAY[]::text[];
 BEGIN
     PERFORM pg_advisory_xact_lock(potato_lock_key(p_user));
-    SELECT time_zone INTO v_zone FROM users WHERE user_id = p_user;
-    IF v_zone IS NOT NULL THEN
-        PERFORM potato_check_date(p_date, v_zone, p_now);
-    ELSIF p_date < DATE '2025-01-01' THEN
+    -- No "future" check: a day marked in an eastern zone stays removable after
+    -- the user travels west, where that date has not begun yet.
+    IF p_date < DATE '2025-01-01' THEN
         PERFORM potato_check_date(p_date, 'UTC', p_now);
     END IF;
     DELETE FROM daily_checkins WHERE user_id = p_user AND checkin_date = p_date;
