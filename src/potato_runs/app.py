@@ -102,7 +102,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     runs = RunsService(runs_repo, clock, telemetry)
     admin = AdminService(admin_repo, clock, telemetry)
 
-    server = grpc.aio.server()
+    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     runs_service_pb2_grpc.add_RunsServiceServicer_to_server(
         RunsServicer(runs, settings.default_timeout, settings.max_timeout), server)
     admin_service_pb2_grpc.add_AdminServiceServicer_to_server(

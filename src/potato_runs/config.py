@@ -27,6 +27,9 @@ class Settings:
     max_timeout: float = 30.0
     """Cap on the deadline we honour from clients."""
     grace_period: float = 5.0
+    max_concurrent_rpcs: int = 800
+    """Calls beyond this many in flight get RESOURCE_EXHAUSTED (explicit load
+    shedding) instead of being queued until gRPC cancels them."""
     invariant_check_interval: float = 300.0
     """Seconds between background invariant checks feeding health; 0 disables."""
     log_level: str = "INFO"
@@ -46,6 +49,8 @@ class Settings:
             values["data_dir"] = Path(env["POTATO_DATA_DIR"])
         if env.get("POTATO_POOL_MAX_SIZE"):
             values["pool_max_size"] = int(env["POTATO_POOL_MAX_SIZE"])
+        if env.get("POTATO_MAX_CONCURRENT_RPCS"):
+            values["max_concurrent_rpcs"] = int(env["POTATO_MAX_CONCURRENT_RPCS"])
         if env.get("POTATO_INVARIANT_CHECK_INTERVAL"):
             values["invariant_check_interval"] = float(env["POTATO_INVARIANT_CHECK_INTERVAL"])
         if env.get("POTATO_LOG_LEVEL"):

@@ -24,6 +24,7 @@ itself is up to the scheduler). POTATO_SLOW=1 raises the op counts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import random
@@ -62,6 +63,12 @@ LAST_DAY = dt.date(2026, 11, 21)
 ONE_DAY = dt.timedelta(days=1)
 FORBIDDEN_CODES = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
 FORBIDDEN_SQLSTATES = ("23P01", "23505", "40P01")
+# The 1,600 writers of the many-users test all run at once, but at most this many
+# calls are in flight: grpc core's server cancels calls beyond its pending-request
+# limit (grpc.server.max_pending_requests, default 1000) with CANCELLED when
+# more arrive at once than the Python server accepts. That is load shedding by
+# the transport, not the write path under test; see the report of this test.
+MAX_IN_FLIGHT = int(os.environ.get("POTATO_MAX_IN_FLIGHT") or 800)
 CALL_TIMEOUT = 30.0  # the server caps deadlines at 30 s; this is no timed assertion
 
 
@@ -115,53 +122,59 @@ def window(days: int) -> list[dt.date]:
 
 
 async def writer(stub: RunsServiceStub, user: str, rng: random.Random, ops: int,
-                 days: list[dt.date], out: Outcome) -> None:
+                 days: list[dt.date], out: Outcome, gate: asyncio.Semaphore | None = None) -> None:
     """A random but seeded sequence of marks, unmarks and backfills on one user."""
     for _ in range(ops):
-        roll = rng.random()
-        zone = rng.choice(ZONES) if rng.random() < 0.1 else None
-        try:
-            if roll < 0.45:
-                day = rng.choice(days)
-                req = pb.MarkDayRequest(user_id=user, local_date=day.isoformat())
-                if zone:
-                    req.time_zone = zone
-                out.kinds["mark"] += 1
-                res = await stub.MarkDay(req, timeout=CALL_TIMEOUT)
-                s, e = dt.date.fromisoformat(res.run.start_date), dt.date.fromisoformat(res.run.end_date)
-                if not (s <= day <= e) or res.local_date != day.isoformat():
-                    out.anomalies.append(f"mark {day}: run {s}..{e} does not hold the day")
-            elif roll < 0.80:
-                day = rng.choice(days)
-                out.kinds["unmark"] += 1
-                ures = await stub.UnmarkDay(pb.UnmarkDayRequest(user_id=user,
-                                                                local_date=day.isoformat()),
-                                            timeout=CALL_TIMEOUT)
-                for r in ures.runs:
-                    if r.start_date <= day.isoformat() <= r.end_date:
-                        out.anomalies.append(f"unmark {day}: piece {r.start_date}..{r.end_date} "
-                                             "still holds the day")
+        async with gate or contextlib.nullcontext():
+            await one_op(stub, user, rng, days, out)
+
+
+async def one_op(stub: RunsServiceStub, user: str, rng: random.Random, days: list[dt.date],
+                 out: Outcome) -> None:
+    roll = rng.random()
+    zone = rng.choice(ZONES) if rng.random() < 0.1 else None
+    try:
+        if roll < 0.45:
+            day = rng.choice(days)
+            req = pb.MarkDayRequest(user_id=user, local_date=day.isoformat())
+            if zone:
+                req.time_zone = zone
+            out.kinds["mark"] += 1
+            res = await stub.MarkDay(req, timeout=CALL_TIMEOUT)
+            s, e = dt.date.fromisoformat(res.run.start_date), dt.date.fromisoformat(res.run.end_date)
+            if not (s <= day <= e) or res.local_date != day.isoformat():
+                out.anomalies.append(f"mark {day}: run {s}..{e} does not hold the day")
+        elif roll < 0.80:
+            day = rng.choice(days)
+            out.kinds["unmark"] += 1
+            ures = await stub.UnmarkDay(pb.UnmarkDayRequest(user_id=user,
+                                                            local_date=day.isoformat()),
+                                        timeout=CALL_TIMEOUT)
+            for r in ures.runs:
+                if r.start_date <= day.isoformat() <= r.end_date:
+                    out.anomalies.append(f"unmark {day}: piece {r.start_date}..{r.end_date} "
+                                         "still holds the day")
+        else:
+            if rng.random() < 0.5:
+                first = rng.randrange(len(days))
+                picked = days[first:first + rng.randint(1, 10)]
             else:
-                if rng.random() < 0.5:
-                    first = rng.randrange(len(days))
-                    picked = days[first:first + rng.randint(1, 10)]
-                else:
-                    picked = rng.sample(days, rng.randint(1, 8))
-                req_b = pb.BackfillDaysRequest(user_id=user,
-                                               local_dates=[d.isoformat() for d in picked])
-                if zone:
-                    req_b.time_zone = zone
-                out.kinds["backfill"] += 1
-                bres = await stub.BackfillDays(req_b, timeout=CALL_TIMEOUT)
-                held = {d.isoformat() for d in picked}
-                for r in bres.runs:
-                    if not any(r.start_date <= d <= r.end_date for d in held):
-                        out.anomalies.append(f"backfill: run {r.start_date}..{r.end_date} "
-                                             "holds none of the dates")
-            out.ok += 1
-        except grpc.aio.AioRpcError as exc:
-            out.errors.append(describe_error(
-                "mark" if roll < 0.45 else "unmark" if roll < 0.80 else "backfill", exc))
+                picked = rng.sample(days, rng.randint(1, 8))
+            req_b = pb.BackfillDaysRequest(user_id=user,
+                                           local_dates=[d.isoformat() for d in picked])
+            if zone:
+                req_b.time_zone = zone
+            out.kinds["backfill"] += 1
+            bres = await stub.BackfillDays(req_b, timeout=CALL_TIMEOUT)
+            held = {d.isoformat() for d in picked}
+            for r in bres.runs:
+                if not any(r.start_date <= d <= r.end_date for d in held):
+                    out.anomalies.append(f"backfill: run {r.start_date}..{r.end_date} "
+                                         "holds none of the dates")
+        out.ok += 1
+    except grpc.aio.AioRpcError as exc:
+        out.errors.append(describe_error(
+            "mark" if roll < 0.45 else "unmark" if roll < 0.80 else "backfill", exc))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -272,14 +285,16 @@ async def test_200_users_with_8_writers_each(server: Any, stub: RunsServiceStub,
                                        time_zone=ZONES[i % len(ZONES)]), timeout=CALL_TIMEOUT)
         for i, u in enumerate(users)))
     outcome = Outcome()
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
     started = time.perf_counter()
     await asyncio.gather(*(
-        writer(stub, str(u), random.Random(f"{SEED}:many:{i}:{w}"), MANY_OPS, days, outcome)
+        writer(stub, str(u), random.Random(f"{SEED}:many:{i}:{w}"), MANY_OPS, days, outcome,
+               gate)
         for i, u in enumerate(users) for w in range(MANY_WRITERS)))
     seconds = time.perf_counter() - started
 
     mine = set(users)
-    everyone, truncated = await on_server(server, server.app.admin.check(None, 10_000))
+    everyone, _ = await on_server(server, server.app.admin.check(None, 10_000))
     violations = [v for v in everyone if v.user_id in mine]
     drift = await on_server(server, server.app.admin.rebuild_all(batch=64, dry_run=True))
     drifted = [u for u in drift.drifted if u in mine]
@@ -288,7 +303,8 @@ async def test_200_users_with_8_writers_each(server: Any, stub: RunsServiceStub,
     runs, dates = await stored_state(db, users)
     report("many users", MANY_USERS, MANY_USERS * MANY_WRITERS, outcome, seconds,
            len(violations), f" drifted={len(drifted)} (of {drift.users_scanned} scanned) "
-           f"violations elsewhere in the database={len(everyone) - len(violations)}")
+           f"violations elsewhere in the database={len(everyone) - len(violations)} "
+           f"max in flight={MAX_IN_FLIGHT}")
 
     assert_no_client_errors(outcome)
     assert outcome.ok >= MANY_USERS * MANY_WRITERS * MANY_OPS
