@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
 import typer
 from rich.console import Console
@@ -240,6 +241,9 @@ def _admin(dsn: str | None, data_dir: Path | None, fn: Callable[[Any], Awaitable
         raise typer.Exit(2) from exc
     except (EmbeddedPostgresError, OSError) as exc:
         err_console.print(f"[red]error:[/red] cannot reach PostgreSQL: {exc}")
+        raise typer.Exit(2) from exc
+    except asyncpg.PostgresError as exc:   # e.g. 28P01: the login was refused
+        err_console.print(f"[red]error:[/red] PostgreSQL refused ({exc.sqlstate}): {exc}")
         raise typer.Exit(2) from exc
 
 

@@ -99,3 +99,12 @@ def test_missing_postgres_binaries_are_explained(tmp_path: Path) -> None:
                          env={**ENV, "POTATO_PG_BINDIR": ""}, check=False)
     assert res.returncode != 0
     assert "apt-get install" in res.stderr and "--dsn" in res.stderr
+
+
+def test_refused_login_exits_2_not_1(pg_dsn: str) -> None:
+    # pg_dsn is postgresql://potato:<password>@127.0.0.1:<port>/potato_test
+    scheme, rest = pg_dsn.split("://", 1)
+    host = rest.split("@", 1)[1]
+    res = cli("check", "--dsn", f"{scheme}://potato:wrong-password@{host}", "--json", ok=False)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "28P01" in res.stderr and res.stdout == ""
