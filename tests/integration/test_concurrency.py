@@ -31,7 +31,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Coroutine, Iterable, Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -39,6 +39,7 @@ import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from oracle import expected_runs
 
 from potato.runs.v2 import runs_service_pb2 as pb
 from potato.runs.v2.runs_service_pb2_grpc import RunsServiceStub
@@ -73,17 +74,6 @@ CALL_TIMEOUT = 30.0  # the server caps deadlines at 30 s; this is no timed asser
 
 
 # --------------------------------------------------------------------------- model (test-only)
-def expected_runs(dates: Iterable[dt.date]) -> list[tuple[dt.date, dt.date, int, bool]]:
-    """The obvious projection: maximal islands of consecutive dates; the latest is active."""
-    spans: list[list[dt.date]] = []
-    for d in sorted(set(dates)):
-        if spans and spans[-1][1] + ONE_DAY == d:
-            spans[-1][1] = d
-        else:
-            spans.append([d, d])
-    return [(s, e, (e - s).days + 1, i == len(spans) - 1) for i, (s, e) in enumerate(spans)]
-
-
 # --------------------------------------------------------------------------- error capture
 @dataclass
 class Outcome:

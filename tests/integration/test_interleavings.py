@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from oracle import expected_strings as islands
 
 from potato_runs.storage.admin_repo import AdminRepository
 from potato_runs.storage.pool import create_pool
@@ -103,18 +104,6 @@ async def runs_full(conn: asyncpg.Connection, user: uuid.UUID) -> list[tuple[Any
 async def checkins_of(conn: asyncpg.Connection, user: uuid.UUID) -> list[dt.date]:
     return [r[0] for r in await conn.fetch(
         "SELECT checkin_date FROM daily_checkins WHERE user_id = $1 ORDER BY 1", user)]
-
-
-def islands(dates: Sequence[dt.date]) -> list[tuple[str, str, int, bool]]:
-    """The obvious projection, computed here and not by the production code."""
-    spans: list[list[dt.date]] = []
-    for d in sorted(set(dates)):
-        if spans and spans[-1][1] + ONE_DAY == d:
-            spans[-1][1] = d
-        else:
-            spans.append([d, d])
-    return [(s.isoformat(), e.isoformat(), (e - s).days + 1, i == len(spans) - 1)
-            for i, (s, e) in enumerate(spans)]
 
 
 async def assert_consistent(conn: asyncpg.Connection, admin: AdminRepository,

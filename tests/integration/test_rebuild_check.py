@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import grpc
 import pytest
+from oracle import expected_strings as islands
 
 from potato.runs.v2 import admin_service_pb2 as apb
 from potato.runs.v2.admin_service_pb2_grpc import AdminServiceStub
@@ -202,18 +203,6 @@ async def events_of(conn: asyncpg.Connection, user: uuid.UUID,
 async def facts_of(conn: asyncpg.Connection, user: uuid.UUID) -> list[dt.date]:
     return [r[0] for r in await conn.fetch(
         "SELECT checkin_date FROM daily_checkins WHERE user_id = $1 ORDER BY 1", user)]
-
-
-def islands(dates: Iterable[dt.date]) -> list[tuple[str, str, int, bool]]:
-    """The obvious projection, computed in the test and not by the production code."""
-    spans: list[list[dt.date]] = []
-    for d in sorted(set(dates)):
-        if spans and spans[-1][1] + ONE_DAY == d:
-            spans[-1][1] = d
-        else:
-            spans.append([d, d])
-    return [(s.isoformat(), e.isoformat(), (e - s).days + 1, i == len(spans) - 1)
-            for i, (s, e) in enumerate(spans)]
 
 
 def codes(violations: Sequence[Violation]) -> Counter[str]:

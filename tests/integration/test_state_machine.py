@@ -69,6 +69,9 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from oracle import Span
+from oracle import as_strings as wire
+from oracle import expected_runs as model_runs
 
 from potato.runs.v2 import run_pb2
 from potato.runs.v2 import runs_service_pb2 as pb
@@ -87,31 +90,14 @@ ZONES = ("America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kathm
          "Pacific/Kiritimati", "Pacific/Pago_Pago")
 PAGE_SIZES = (0, 7, 50, 500)
 
-Span = tuple[dt.date, dt.date, int, bool]
 
 
 # --------------------------------------------------------------------------- the model
-def model_runs(dates: Iterable[dt.date]) -> list[Span]:
-    """Walks the distinct dates in order; a gap of more than one day ends a run.
-    Every run is (start, end, number of days, active), and only the last is active."""
-    found: list[list[dt.date]] = []
-    for day in sorted(set(dates)):
-        if found and (day - found[-1][1]).days == 1:
-            found[-1][1] = day
-        else:
-            found.append([day, day])
-    return [(s, e, (e - s).days + 1, i == len(found) - 1) for i, (s, e) in enumerate(found)]
-
-
 def holding(dates: set[dt.date], days: Iterable[dt.date]) -> list[Span]:
     """The model's runs that hold any of `days`."""
     wanted = set(days)
     return [r for r in model_runs(dates)
             if any(r[0] <= d <= r[1] for d in wanted)]
-
-
-def wire(span: Span) -> tuple[str, str, int, bool]:
-    return (span[0].isoformat(), span[1].isoformat(), span[2], span[3])
 
 
 def from_wire(run: run_pb2.Run) -> tuple[str, str, int, bool]:
