@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import uuid
@@ -45,7 +46,12 @@ from potato.runs.v2.admin_service_pb2_grpc import AdminServiceStub
 from potato_runs.clock import FixedClock
 from potato_runs.service.admin_service import AdminService
 from potato_runs.service.telemetry import Telemetry
-from potato_runs.storage.admin_repo import AdminRepository, Violation
+from potato_runs.storage.admin_repo import (
+    INVARIANT_QUERIES,
+    AdminRepository,
+    Violation,
+    invariant_sql,
+)
 from potato_runs.storage.migrate import ensure_database, migrate
 from potato_runs.storage.pool import create_pool
 
@@ -688,3 +694,36 @@ async def test_cli_check_and_rebuild(fresh: tuple[str, asyncpg.Connection, Admin
 
     refused = await asyncio.to_thread(cli, "rebuild", "--user", "not-a-uuid", "--dsn", dsn)
     assert refused.returncode == 2 and "UUID" in refused.stderr
+
+
+def unfiltered_scans(plan: list[str]) -> list[str]:
+    """Scan nodes on runs/daily_checkins whose own conditions do not name a user_id."""
+    bad = []
+    for i, line in enumerate(plan):
+        if not re.search(r"Scan (using \S+ )?on (runs|daily_checkins)\b", line):
+            continue
+        depth = len(line) - len(line.lstrip())
+        body = []
+        for nxt in plan[i + 1:]:
+            if len(nxt) - len(nxt.lstrip()) <= depth:
+                break
+            body.append(nxt)
+        if not any(("Index Cond" in b or "Recheck Cond" in b) and "user_id = " in b
+                   for b in body):
+            bad.append(line.strip())
+    return bad
+
+
+@pytest.mark.parametrize("code", sorted(INVARIANT_QUERIES))
+async def test_one_user_check_runs_on_the_user_id_indexes(db: asyncpg.Connection,
+                                                          code: str) -> None:
+    """With sequential scans priced out, every table scan of a one-user invariant query
+    is an index scan bounded by user_id: a check of one user never reads everyone.
+    (The same test on the everyone-queries finds unbounded scans: it can fail.)"""
+    async with db.transaction():
+        await db.execute("SET LOCAL enable_seqscan = off")
+        one = [r[0] for r in await db.fetch("EXPLAIN " + invariant_sql(code, True),
+                                            uuid.uuid4())]
+        everyone = [r[0] for r in await db.fetch("EXPLAIN " + invariant_sql(code, False))]
+    assert unfiltered_scans(one) == [], "\n".join(one)
+    assert unfiltered_scans(everyone) != [], "\n".join(everyone)
