@@ -13,6 +13,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's default reset query (advisory unlock, CLOSE ALL, UNLISTEN,
+    RESET ALL), which costs one more round trip on every release: the service keeps
+    no session state. Its locks are transaction-scoped (pg_advisory_xact_lock), its
+    settings are SET LOCAL or per connection (server_settings), and asyncpg itself
+    still rolls back any transaction left open before calling this."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
                       command_timeout: float = 10.0) -> asyncpg.Pool:
     pool: Any = await asyncpg.create_pool(
@@ -21,6 +29,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
         max_size=max_size,
         command_timeout=command_timeout,
         init=_init_connection,
+        reset=_reset_connection,
         # The write path relies on READ COMMITTED + the per-user advisory lock;
         # pin it so a different database default cannot change the semantics.
         server_settings={"application_name": "potato-runs", "TimeZone": "UTC",
