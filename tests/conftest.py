@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
+import random
 import shutil
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from potato_runs.storage.migrate import ensure_database, migrate
 sys.path.insert(0, str(Path(__file__).parent))
 from support import DEFAULT_NOW, ServerThread
 
+SEED_KEY = pytest.StashKey[object]()
+
 # Hypothesis profiles: quick in CI by default, deep on request
 # (POTATO_HYPOTHESIS_PROFILE=deep). Failing examples print their seed and
 # are replayed from the example database (.hypothesis/).
@@ -36,7 +39,28 @@ settings.register_profile("quick", max_examples=25, deadline=None, print_blob=Tr
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("deep", max_examples=1000, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile(os.environ.get("POTATO_HYPOTHESIS_PROFILE", "quick"))
+PROFILE = os.environ.get("POTATO_HYPOTHESIS_PROFILE", "quick")
+settings.load_profile(PROFILE)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Every run has a known seed, printed in the header, so any run can be replayed:
+    POTATO_HYPOTHESIS_SEED=N (or --hypothesis-seed=N). The quick profile defaults to
+    a fixed seed, so CI is deterministic; the deep profile draws a fresh one."""
+    from hypothesis import core
+
+    if config.getoption("--hypothesis-seed") is None:
+        env = os.environ.get("POTATO_HYPOTHESIS_SEED")
+        seed = int(env) if env else (20251 if PROFILE == "quick" else random.randrange(2**32))
+        core.global_force_seed = seed
+    config.stash[SEED_KEY] = core.global_force_seed
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.stash.get(SEED_KEY, None)
+    return (f"hypothesis: profile {PROFILE}, seed {seed} "
+            f"(replay with POTATO_HYPOTHESIS_SEED={seed} and the same profile)")
 
 
 @pytest.fixture(scope="session")
@@ -118,3 +142,9 @@ async def db(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 def user_id() -> str:
     return str(uuid.uuid4())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int,
+                            config: pytest.Config) -> None:
+    """The seed again at the end (also under -q), where a failure is read."""
+    terminalreporter.write_line(pytest_report_header(config))
