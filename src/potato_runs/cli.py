@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
+# Before grpc is imported: the embedded cluster is driven with subprocesses, and
+# gRPC's fork handlers only add noise about them.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import asyncio
 import datetime as dt
 import json
 import logging
-import os
 import signal
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -19,9 +24,6 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-# The embedded cluster is driven with subprocesses; gRPC's fork handlers only add noise.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from potato.runs.v2 import run_pb2, runs_service_pb2, runs_service_pb2_grpc
 from potato_runs.config import Settings
@@ -118,6 +120,10 @@ def _call(target: str | None, fn: Callable[[runs_service_pb2_grpc.RunsServiceStu
             raise typer.Exit(1) from exc
 
 
+def _days(n: int) -> str:
+    return f"{n} day" if n == 1 else f"{n} days"
+
+
 def _change(value: int) -> str:
     return run_pb2.RunChange.Name(value).removeprefix("RUN_CHANGE_").lower()
 
@@ -146,7 +152,7 @@ def mark(user: str = typer.Argument(..., help="User id (UUID)"),
         req.time_zone = tz
     res = _call(target, lambda s: s.MarkDay(req, timeout=10))
     console.print(f"{res.local_date}: {_change(res.change)} -> run {res.run.start_date}.."
-                  f"{res.run.end_date} ({res.run.day_count} days)")
+                  f"{res.run.end_date} ({_days(res.run.day_count)})")
 
 
 @app.command()
@@ -179,10 +185,10 @@ def active(user: str, target: str = TargetOpt) -> None:
     if not res.HasField("run"):
         console.print("no check-ins yet")
         return
-    state = f"current streak: {res.current_streak_days} days" if res.current else \
+    state = f"current streak: {_days(res.current_streak_days)}" if res.current else \
         "not current (the streak has ended)"
     console.print(f"active run {res.run.start_date}..{res.run.end_date} "
-                  f"({res.run.day_count} days) in {res.time_zone}; {state}")
+                  f"({_days(res.run.day_count)}) in {res.time_zone}; {state}")
 
 
 @app.command()
