@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc, runs_service_pb2, runs_service_pb2_grpc
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
+from potato_runs.observability import Providers, build_providers
 from potato_runs.service.admin_service import AdminService
 from potato_runs.service.invariant_monitor import InvariantMonitor
 from potato_runs.service.runs_service import RunsService
@@ -79,6 +80,7 @@ class App:
     admin: AdminService
     health: health.HealthServicer
     monitor: InvariantMonitor
+    providers: Providers
     _stopped: bool = field(default=False)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -89,14 +91,19 @@ class App:
         await self.monitor.stop()
         await self.server.stop(self.settings.grace_period if grace is None else grace)
         await self.database.close()
+        self.providers.shutdown()   # flushes the last spans and metrics
 
 
 async def build_app(settings: Settings, *, clock: Clock | None = None,
-                    database: Database | None = None) -> App:
-    """Builds and starts the gRPC server. Pass `database` to share one (tests)."""
+                    database: Database | None = None,
+                    providers: Providers | None = None) -> App:
+    """Builds and starts the gRPC server. Pass `database` to share one, and
+    `providers` to observe telemetry in memory (tests)."""
     clock = clock or SystemClock()
+    providers = providers or build_providers(settings.otel_exporter,
+                                             settings.otel_metric_interval)
     db = database or await open_database(settings)
-    telemetry = Telemetry()
+    telemetry = Telemetry(providers.tracer(), providers.meter())
     runs_repo = RunsRepository(db.pool)
     admin_repo = AdminRepository(db.pool)
     runs = RunsService(runs_repo, clock, telemetry)
@@ -127,4 +134,4 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     await server.start()
     monitor.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
-               admin=admin, health=health_servicer, monitor=monitor)
+               admin=admin, health=health_servicer, monitor=monitor, providers=providers)

@@ -55,6 +55,7 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
           dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
     """Run the gRPC server (embedded PostgreSQL when no DSN is given)."""
     from potato_runs.app import build_app
+    from potato_runs.observability import ObservabilityError
     from potato_runs.storage.embedded import EmbeddedPostgresError
 
     settings = _settings(host=host, port=port, dsn=dsn, data_dir=data_dir)
@@ -78,7 +79,7 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
 
     try:
         _run(main())
-    except EmbeddedPostgresError as exc:
+    except (EmbeddedPostgresError, ObservabilityError) as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     except OSError as exc:

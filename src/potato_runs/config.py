@@ -33,6 +33,9 @@ class Settings:
     invariant_check_interval: float = 300.0
     """Seconds between background invariant checks feeding health; 0 disables."""
     log_level: str = "INFO"
+    otel_exporter: str = "none"
+    """OpenTelemetry exporter: none, console or otlp (see observability.py)."""
+    otel_metric_interval: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -53,6 +56,10 @@ class Settings:
             values["max_concurrent_rpcs"] = int(env["POTATO_MAX_CONCURRENT_RPCS"])
         if env.get("POTATO_INVARIANT_CHECK_INTERVAL"):
             values["invariant_check_interval"] = float(env["POTATO_INVARIANT_CHECK_INTERVAL"])
+        if env.get("POTATO_OTEL_EXPORTER"):
+            values["otel_exporter"] = env["POTATO_OTEL_EXPORTER"]
+        if env.get("POTATO_OTEL_METRIC_INTERVAL"):
+            values["otel_metric_interval"] = float(env["POTATO_OTEL_METRIC_INTERVAL"])
         if env.get("POTATO_LOG_LEVEL"):
             values["log_level"] = env["POTATO_LOG_LEVEL"]
         values.update({k: v for k, v in overrides.items() if v is not None})
