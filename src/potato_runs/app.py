@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc, runs_service_pb2, runs_service_pb2_grpc
+from potato.runs.v2 import admin_service_pb2, runs_service_pb2
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
 from potato_runs.observability import Providers, build_providers
@@ -25,6 +25,7 @@ from potato_runs.storage.migrate import ensure_database, migrate
 from potato_runs.storage.pool import create_pool
 from potato_runs.storage.runs_repo import RunsRepository
 from potato_runs.transport.admin_servicer import AdminServicer
+from potato_runs.transport.registration import add_service
 from potato_runs.transport.runs_servicer import RunsServicer
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ RUNS_SERVICE = runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 INVARIANTS_HEALTH = "potato.runs.v2.Invariants"
 """Health service name that turns NOT_SERVING while the invariant checker finds violations."""
+
+
+class StartupError(RuntimeError):
+    """The server could not start (e.g. it could not bind its address)."""
 
 
 @dataclass
@@ -109,11 +114,13 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     runs = RunsService(runs_repo, clock, telemetry)
     admin = AdminService(admin_repo, clock, telemetry)
 
-    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-    runs_service_pb2_grpc.add_RunsServiceServicer_to_server(
-        RunsServicer(runs, settings.default_timeout, settings.max_timeout), server)
-    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(admin, settings.default_timeout, settings.max_timeout), server)
+    # so_reuseport off: a second server on a busy port must fail, not split traffic.
+    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+                             options=[("grpc.so_reuseport", 0)])
+    add_service(server, RunsServicer(runs, settings.default_timeout, settings.max_timeout),
+                runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"])
+    add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout),
+                admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"])
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", RUNS_SERVICE, ADMIN_SERVICE, INVARIANTS_HEALTH):
@@ -128,10 +135,20 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     monitor = InvariantMonitor(admin, settings.invariant_check_interval, report)
     reflection.enable_server_reflection(
         (RUNS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
-    await server.start()
+    try:
+        try:
+            port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise StartupError(f"could not bind {settings.host}:{settings.port} (the port is in "
+                               f"use, or the host is not an address of this machine)")
+        await server.start()
+    except BaseException:
+        await server.stop(0)
+        if database is None:   # opened here: close it (and stop an embedded cluster)
+            await db.close()
+        raise
     monitor.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
                admin=admin, health=health_servicer, monitor=monitor, providers=providers)

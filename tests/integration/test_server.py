@@ -114,3 +114,15 @@ async def test_invariant_violations_turn_the_invariants_health_not_serving(pg_ds
         conn2 = await asyncpg.connect(admin_dsn)
         await conn2.execute(f'DROP DATABASE "{name}"')
         await conn2.close()
+
+
+async def test_a_second_server_on_a_busy_port_fails_instead_of_sharing_it(
+        server: object, pg_dsn: str) -> None:
+    from potato_runs.app import StartupError
+
+    busy = server.port  # type: ignore[attr-defined]
+    pool = await create_pool(pg_dsn, min_size=0, max_size=1)
+    with pytest.raises(StartupError):
+        await build_app(Settings(port=busy, dsn=pg_dsn, invariant_check_interval=0),
+                        database=Database(dsn=pg_dsn, pool=pool))
+    await pool.close()

@@ -14,35 +14,48 @@ from functools import lru_cache
 from potato_runs.domain.errors import Reason, ValidationCollector
 from potato_runs.domain.model import LAUNCH_DATE
 
-_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+MAX_ZONE_LENGTH = 64
+MAX_PAGE_TOKEN_LENGTH = 256
+ECHO_CHARS = 40
+"""How much of a bad value an error message repeats (ASCII-escaped)."""
+
+
+def echo(value: str) -> str:
+    """A bad value as an error may quote it: short and pure ASCII, so status
+    trailers stay far below gRPC's metadata limits whatever the client sent."""
+    text = ascii(value[:ECHO_CHARS])
+    return text + ("..." if len(value) > ECHO_CHARS else "")
 
 
 def parse_user_id(value: str, errors: ValidationCollector, field: str = "user_id") -> uuid.UUID | None:
+    """Accepts only the canonical 8-4-4-4-12 hex form, so one user has one spelling."""
     if not value:
         errors.add(field, Reason.INVALID_USER_ID, "user_id is required (a UUID string)")
         return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        errors.add(field, Reason.INVALID_USER_ID, f"{value!r} is not a UUID")
+    if not _UUID_RE.match(value):
+        errors.add(field, Reason.INVALID_USER_ID,
+                   f"{echo(value)} is not a UUID of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
         return None
+    return uuid.UUID(value)
 
 
 def parse_date(value: str, errors: ValidationCollector, field: str) -> dt.date | None:
-    """Parses "YYYY-MM-DD" strictly (no week dates, no times)."""
+    """Parses "YYYY-MM-DD" strictly (ASCII digits; no week dates, no times)."""
     if not value:
         errors.add(field, Reason.MISSING_FIELD, f"{field} is required (YYYY-MM-DD)")
         return None
     if not _DATE_RE.match(value):
-        errors.add(field, Reason.INVALID_DATE, f"{value!r} is not a date of the form YYYY-MM-DD")
+        errors.add(field, Reason.INVALID_DATE, f"{echo(value)} is not a date of the form YYYY-MM-DD")
         return None
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        errors.add(field, Reason.INVALID_DATE, f"{value!r} is not a real calendar date")
+        errors.add(field, Reason.INVALID_DATE, f"{echo(value)} is not a real calendar date")
         return None
 
 
@@ -51,15 +64,30 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
     return zoneinfo.ZoneInfo(name)
 
 
+@lru_cache(maxsize=1)
+def region_zones() -> frozenset[str]:
+    """The zone names the service accepts: IANA region names ("Area/Location") plus
+    UTC and GMT. Bare names such as CET, EET, MET, WET, EST or EST5EDT are refused:
+    PostgreSQL reads several of them as fixed-offset abbreviations while the IANA
+    database gives them daylight saving, so one instant would get two dates.
+    `posix/...`, `right/...`, `localtime`, `posixrules` and `Factory` are not places."""
+    return frozenset(
+        z for z in zoneinfo.available_timezones()
+        if (z in ("UTC", "GMT") or ("/" in z and not z.startswith(("posix/", "right/"))))
+    )
+
+
 def parse_zone(value: str, errors: ValidationCollector, field: str = "time_zone") -> str | None:
-    """Validates an IANA zone name; returns its canonical spelling as given."""
-    if not value or value.strip() != value or ".." in value or value.startswith("/"):
-        errors.add(field, Reason.INVALID_TIME_ZONE, f"{value!r} is not an IANA time zone name")
+    """Validates an IANA region zone name, e.g. "America/New_York"."""
+    if not value or len(value) > MAX_ZONE_LENGTH or value not in region_zones():
+        errors.add(field, Reason.INVALID_TIME_ZONE,
+                   f"{echo(value)} is not an IANA region time zone name such as "
+                   f"America/New_York, or UTC")
         return None
     try:
         _zone(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, IsADirectoryError, UnicodeError):
-        errors.add(field, Reason.INVALID_TIME_ZONE, f"{value!r} is not an IANA time zone name")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError, UnicodeError):
+        errors.add(field, Reason.INVALID_TIME_ZONE, f"{echo(value)} cannot be loaded")
         return None
     return value
 
@@ -116,13 +144,17 @@ def decode_page_token(token: str, user_id: uuid.UUID, errors: ValidationCollecto
     """Returns the keyset cursor, or records INVALID_PAGE_TOKEN."""
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN_LENGTH:
+        errors.add("page_token", Reason.INVALID_PAGE_TOKEN,
+                   "page_token is not a token returned for this user_id")
+        return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("v") != 1 or data.get("u") != str(user_id):
             raise ValueError("token does not belong to this request")
         return dt.date.fromisoformat(str(data["e"]))
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         errors.add("page_token", Reason.INVALID_PAGE_TOKEN,
                    "page_token is not a token returned for this user_id")
         return None

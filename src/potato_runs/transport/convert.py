@@ -26,6 +26,8 @@ _CHANGE = {
 }
 
 MAX_SOURCE_LENGTH = 64
+EARLIEST_MARK_TIME = int(dt.datetime(2024, 12, 30, tzinfo=dt.UTC).timestamp())
+LATEST_MARK_TIME = int(dt.datetime(9000, 1, 1, tzinfo=dt.UTC).timestamp())
 
 
 def change_to_proto(change: Change) -> run_pb2.RunChange:
@@ -71,7 +73,9 @@ def _zone(request: Any, errors: ValidationCollector) -> str | None:
 
 
 def _source(value: str, errors: ValidationCollector) -> str:
-    if len(value) > MAX_SOURCE_LENGTH:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        errors.add("source", Reason.INVALID_VALUE, "source must not contain control characters")
+    elif len(value) > MAX_SOURCE_LENGTH:
         errors.add("source", Reason.INVALID_VALUE,
                    f"source is longer than {MAX_SOURCE_LENGTH} characters")
     return value
@@ -88,9 +92,14 @@ def mark_day(req: runs_service_pb2.MarkDayRequest) -> commands.MarkDay:
         local_date = rules.parse_date(req.local_date, errors, "local_date")
     elif which == "mark_time":
         ts = req.mark_time
-        if ts.nanos < 0 or ts.nanos > 999_999_999 or not (
-                -62135596800 <= ts.seconds <= 253402300799):
+        if ts.nanos < 0 or ts.nanos > 999_999_999:
             errors.add("mark_time", Reason.INVALID_VALUE, "mark_time is not a valid timestamp")
+        elif ts.seconds < EARLIEST_MARK_TIME:
+            # Before 2024-12-30T00:00Z no zone (the earliest is UTC+14) is in 2025 yet.
+            errors.add("mark_time", Reason.DATE_BEFORE_LAUNCH,
+                       "mark_time is before 2025-01-01 in every time zone")
+        elif ts.seconds > LATEST_MARK_TIME:
+            errors.add("mark_time", Reason.DATE_IN_FUTURE, "mark_time is far in the future")
         else:
             mark_time = ts.ToDatetime(tzinfo=dt.UTC)
     else:

@@ -12,6 +12,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from potato_runs.domain.errors import DomainError, ErrorKind, Reason
+from potato_runs.transport.registration import Undecodable
 
 ERROR_DOMAIN = "runs.potato.app"
 log = logging.getLogger(__name__)
@@ -25,38 +26,56 @@ _CODES: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
 }
 
 
-# Status details travel in trailers, and clients refuse trailers over 8 KiB
-# (grpc.max_metadata_size) with RESOURCE_EXHAUSTED: a backfill of 500 bad dates
-# must still reach the client as INVALID_ARGUMENT. So report the first
-# violations only, say how many there were, and keep the message short.
+# Status details travel in trailers: the message percent-encoded, the details
+# base64-encoded. Clients refuse trailers over 8 KiB (grpc.max_metadata_size), at
+# random between 8 and 16 KiB, with RESOURCE_EXHAUSTED. So the status is kept ASCII
+# and under a byte budget, whatever the request held: a backfill of 500 bad dates
+# still reaches the client as INVALID_ARGUMENT, with the first violations and
+# ErrorInfo.metadata["field_violations"] giving the total.
 MAX_FIELD_VIOLATIONS = 20
 MAX_MESSAGE_CHARS = 1000
+MAX_TEXT_CHARS = 200
+MAX_DETAILS_BYTES = 3000
 
 
-def to_status(err: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
-    code, num = _CODES[err.kind]
-    metadata = dict(err.metadata)
-    message = err.message
-    if len(err.violations) > MAX_FIELD_VIOLATIONS:
-        metadata["field_violations"] = str(len(err.violations))
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = (message[:MAX_MESSAGE_CHARS].rsplit("; ", 1)[0]
-                   + f"; ... ({len(err.violations)} violations in all)")
+def _ascii(text: str, limit: int) -> str:
+    out = text.encode("ascii", "backslashreplace").decode("ascii")
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _details(err: DomainError, metadata: dict[str, str],
+             violations: int) -> list[any_pb2.Any]:
     info = error_details_pb2.ErrorInfo(reason=err.reason.value, domain=ERROR_DOMAIN,
                                        metadata=metadata)
-    details = []
     packed = any_pb2.Any()
     packed.Pack(info)
-    details.append(packed)
-    if err.violations:
+    details = [packed]
+    if violations:
         bad = error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(
-                field=v.field, description=v.description, reason=v.reason.value)
-            for v in err.violations[:MAX_FIELD_VIOLATIONS]
+                field=_ascii(v.field, 64), description=_ascii(v.description, MAX_TEXT_CHARS),
+                reason=v.reason.value)
+            for v in err.violations[:violations]
         ])
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
+    return details
+
+
+def to_status(err: DomainError) -> tuple[grpc.StatusCode, status_pb2.Status]:
+    code, num = _CODES[err.kind]
+    metadata = {_ascii(k, 64): _ascii(v, MAX_TEXT_CHARS) for k, v in err.metadata.items()}
+    shown = min(len(err.violations), MAX_FIELD_VIOLATIONS)
+    if len(err.violations) > 1:
+        metadata["field_violations"] = str(len(err.violations))
+    details = _details(err, metadata, shown)
+    while shown > 1 and sum(d.ByteSize() for d in details) > MAX_DETAILS_BYTES:
+        shown -= 1
+        details = _details(err, metadata, shown)
+    message = _ascii(err.message, MAX_MESSAGE_CHARS)
+    if shown < len(err.violations) and len(message) >= MAX_MESSAGE_CHARS:
+        message = message.rsplit("; ", 1)[0] + f"; ... ({len(err.violations)} violations in all)"
     return code, status_pb2.Status(code=num, message=message, details=details)
 
 
@@ -76,6 +95,9 @@ def maps_errors(method: F) -> F:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if isinstance(request, Undecodable):
+                raise DomainError(ErrorKind.INVALID_ARGUMENT, Reason.MALFORMED_REQUEST,
+                                  "the request is not a valid protobuf message of this method")
             return await method(self, request, context)
         except DomainError as err:
             if err.kind is ErrorKind.INTERNAL:

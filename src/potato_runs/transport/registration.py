@@ -1,0 +1,50 @@
+"""Registers servicers with request decoding that can fail cleanly.
+
+The generated `add_*Servicer_to_server` functions decode requests with
+`FromString`; a request that is not valid protobuf (e.g. invalid UTF-8 in a
+string field) then fails inside grpc as UNKNOWN, naming a Python class. Here a
+decode failure becomes an `Undecodable` value that the servicer wrapper
+(`status.maps_errors`) answers with INVALID_ARGUMENT, reason MALFORMED_REQUEST.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message, message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+
+class Undecodable:
+    """Stands in for a request whose bytes are not a valid message."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _safe(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def decode_or_mark(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except (message.DecodeError, UnicodeDecodeError, ValueError) as exc:
+            return Undecodable(type(exc).__name__)
+
+    return decode_or_mark
+
+
+def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
+    """Like the generated add_*Servicer_to_server, for every unary method of `service`."""
+    handlers = {}
+    for method in service.methods:
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_safe(request.FromString),
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)  # type: ignore[attr-defined]
