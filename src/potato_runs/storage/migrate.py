@@ -34,19 +34,24 @@ class MigrationError(RuntimeError):
     pass
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
-    """Applies the pending migrations in order; returns the versions applied."""
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version text PRIMARY KEY,
-               checksum text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
+async def migrate(conn: asyncpg.Connection, timeout: float = 600.0) -> list[str]:
+    """Applies the pending migrations in order; returns the versions applied.
+
+    The advisory lock comes first, so replicas starting together wait for one
+    another instead of racing on CREATE TABLE; `timeout` bounds each statement
+    (the wait for another replica's migration included), not the pool's
+    command_timeout."""
     applied: list[str] = []
-    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK, timeout=timeout)
     try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version text PRIMARY KEY,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())""", timeout=timeout)
         done = {r["version"]: r["checksum"] for r in
-                await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+                await conn.fetch("SELECT version, checksum FROM schema_migrations",
+                                 timeout=timeout)}
         for m in migrations():
             if m.version in done:
                 if done[m.version] != m.checksum:
@@ -54,10 +59,10 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
                         f"migration {m.version} was changed after it was applied")
                 continue
             async with conn.transaction():
-                await conn.execute(m.sql)
+                await conn.execute(m.sql, timeout=timeout)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
-                    m.version, m.checksum)
+                    m.version, m.checksum, timeout=timeout)
             applied.append(m.version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
@@ -70,6 +75,13 @@ async def ensure_database(admin_dsn: str, name: str) -> None:
     try:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                # 42P04, or 23505 on pg_database when two CREATE DATABASE race:
+                # another process created it first.
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
+                                           name):
+                    raise
     finally:
         await conn.close()
