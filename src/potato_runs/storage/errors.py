@@ -60,6 +60,13 @@ def map_db_error(exc: BaseException, date_field: str = "local_date",
         if code in RETRYABLE_SQLSTATES:
             return DomainError(ErrorKind.ABORTED, Reason.CONTENTION,
                                "the write lost to concurrent writes; retry", {"sqlstate": code})
+        if code == "55P03":
+            return DomainError(ErrorKind.ABORTED, Reason.CONTENTION,
+                               "the user's data is locked by another operation; retry",
+                               {"sqlstate": code})
+        if code == "25006":   # read-only transaction: a standby after a failover
+            return DomainError(ErrorKind.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE,
+                               "the database is read-only", {"sqlstate": code})
         if code == "57014":
             return DomainError(ErrorKind.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
                                "the database statement ran out of time", {"sqlstate": code})

@@ -22,7 +22,10 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
-                      command_timeout: float = 10.0) -> asyncpg.Pool:
+                      command_timeout: float = 10.0, lock_timeout: float = 5.0) -> asyncpg.Pool:
+    """A pool whose sessions run READ COMMITTED in UTC. `lock_timeout` bounds every
+    lock wait, the per-user advisory lock included (SQLSTATE 55P03 past it): a user
+    whose lock is stuck cannot pin connections for longer than that."""
     pool: Any = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
@@ -33,7 +36,8 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
         # The write path relies on READ COMMITTED + the per-user advisory lock;
         # pin it so a different database default cannot change the semantics.
         server_settings={"application_name": "potato-runs", "TimeZone": "UTC",
-                         "default_transaction_isolation": "read committed"},
+                         "default_transaction_isolation": "read committed",
+                         "lock_timeout": f"{int(lock_timeout * 1000)}ms"},
     )
     assert pool is not None
     return pool

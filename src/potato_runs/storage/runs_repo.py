@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -65,6 +67,28 @@ class RunsRepository:
     def __init__(self, pool: asyncpg.Pool, retry: RetryPolicy | None = None) -> None:
         self._pool = pool
         self._retry = retry or RetryPolicy()
+        self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
+
+    @contextlib.asynccontextmanager
+    async def _one_writer_per_user(self, user_id: uuid.UUID,
+                                   deadline: Deadline) -> AsyncIterator[None]:
+        """Writes of one user queue here, in the process, before taking a pooled
+        connection: a burst for one user (or a user whose database lock is stuck)
+        then holds at most one connection, not the whole pool. The database's
+        advisory lock still serializes writers across processes."""
+        lock = self._user_locks.get(user_id)
+        if lock is None:
+            lock = self._user_locks[user_id] = asyncio.Lock()
+        try:
+            async with asyncio.timeout(deadline.timeout()):
+                await lock.acquire()
+        except TimeoutError as exc:
+            raise map_db_error(exc) from exc
+        try:
+            yield
+        finally:
+            lock.release()
 
     async def _run(self, deadline: Deadline, date_field: str,
                    op: Callable[[asyncpg.Connection, float], Awaitable[T]],
@@ -95,7 +119,8 @@ class RunsRepository:
                 timeout=timeout)
 
         field = "local_date" if local_date is not None else "mark_time"
-        res = await self._run(deadline, field, op, zone_given=time_zone is not None)
+        async with self._one_writer_per_user(user_id, deadline):
+            res = await self._run(deadline, field, op, zone_given=time_zone is not None)
         return MarkResult(
             run=run_from_json(user_id, res["run"]),
             local_date=_date(res["local_date"]),
@@ -110,7 +135,8 @@ class RunsRepository:
             return await conn.fetchval("SELECT potato_unmark_day($1, $2, $3, $4)",
                                        user_id, local_date, now, request_id, timeout=timeout)
 
-        res = await self._run(deadline, "local_date", op)
+        async with self._one_writer_per_user(user_id, deadline):
+            res = await self._run(deadline, "local_date", op)
         return UnmarkResult(
             removed=bool(res["removed"]),
             change=Change(res["change"]),
@@ -126,7 +152,8 @@ class RunsRepository:
                 "SELECT potato_backfill_days($1, $2::date[], $3, $4, $5, $6)",
                 user_id, list(dates), time_zone, source, now, request_id, timeout=timeout)
 
-        res = await self._run(deadline, "local_dates", op, zone_given=time_zone is not None)
+        async with self._one_writer_per_user(user_id, deadline):
+            res = await self._run(deadline, "local_dates", op, zone_given=time_zone is not None)
         return BackfillResult(
             added_days=int(res["added_days"]),
             runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
