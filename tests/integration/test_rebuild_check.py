@@ -571,6 +571,33 @@ async def test_rebuild_all_finds_exactly_the_drifted_users(
         assert await events_of(conn, user, "rebuild") == []
 
 
+async def test_rebuild_all_visits_the_nil_uuid_and_goes_on_past_a_busy_user(
+        fresh: tuple[str, asyncpg.Connection, AdminService]) -> None:
+    dsn, conn, service = fresh
+    nil, busy, later = uuid.UUID(int=0), uuid.UUID(int=1), uuid.UUID(int=2)
+    for user in (nil, busy, later):   # all three drifted: check-ins without runs
+        await seed(conn, user, BASE)
+        await corrupt(conn, user, CORRUPTIONS["check-ins without runs, between runs"][0])
+    holder = await asyncpg.connect(dsn)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("SELECT pg_advisory_xact_lock(potato_lock_key($1))", busy)
+    try:
+        report = await service.rebuild_all(batch=2)
+    finally:
+        await tx.rollback()
+        await holder.close()
+    # The busy user failed (its lock wait hit lock_timeout) and is reported; the
+    # run went on, and the nil UUID, first in the order, was not skipped.
+    assert [u for u, _ in report.failed] == [busy]
+    assert "locked" in report.failed[0][1]
+    assert set(report.drifted) == {nil, later} and report.users_rebuilt == 2
+    assert [v.user_id for v in (await service.check(None))[0]] == [busy] * len(
+        (await service.check(None))[0])
+    assert (await service.rebuild_all(batch=2)).drifted == [busy]
+    assert (await service.check(None))[0] == []
+
+
 # --------------------------------------------------------------------------- AdminService gRPC
 async def test_admin_grpc_rebuild_and_check(admin_stub: AdminServiceStub,
                                             sdb: asyncpg.Connection) -> None:

@@ -9,12 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from potato_runs.clock import Clock
-from potato_runs.domain.errors import Reason, ValidationCollector
+from potato_runs.domain.errors import DomainError, Reason, ValidationCollector
 from potato_runs.domain.runs import RebuildPlan
 from potato_runs.service.telemetry import Telemetry
 from potato_runs.storage.admin_repo import AdminRepository, Violation
-
-ZERO_UUID = uuid.UUID(int=0)
 
 
 @dataclass
@@ -28,6 +26,8 @@ class RebuildAllReport:
     seconds: float = 0.0
     dry_run: bool = False
     drifted: list[uuid.UUID] = field(default_factory=list)
+    failed: list[tuple[uuid.UUID, str]] = field(default_factory=list)
+    """Users whose rebuild failed (e.g. their lock was busy); the run went on."""
 
 
 class AdminService:
@@ -57,7 +57,7 @@ class AdminService:
         With force, every user is replayed, drifted or not."""
         report = RebuildAllReport(dry_run=dry_run)
         started = time.perf_counter()
-        after = ZERO_UUID
+        after: uuid.UUID | None = None   # no cursor yet: the nil UUID is a user id too
         while True:
             if force:
                 users = await self._repo.user_ids(after, batch)
@@ -68,7 +68,11 @@ class AdminService:
                 break
             report.users_scanned += size
             for user_id in todo:
-                plan = await self.rebuild_user(user_id, None, None, dry_run)
+                try:
+                    plan = await self.rebuild_user(user_id, None, None, dry_run)
+                except DomainError as exc:   # one user's failure does not stop the run
+                    report.failed.append((user_id, str(exc)))
+                    continue
                 if not plan.diff.empty:
                     report.users_drifted += 1
                     report.drifted.append(user_id)

@@ -112,7 +112,8 @@ def invariant_sql(code: str, one_user: bool) -> str:
 
 DRIFT_SQL = """
 WITH batch AS (
-    SELECT user_id FROM users WHERE user_id > $1 ORDER BY user_id LIMIT $2
+    SELECT user_id FROM users WHERE ($1::uuid IS NULL OR user_id > $1)
+     ORDER BY user_id LIMIT $2
 ), facts AS (
     SELECT c.user_id, c.checkin_date,
            c.checkin_date - (row_number() OVER (PARTITION BY c.user_id
@@ -206,7 +207,7 @@ class AdminRepository:
         await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch IMMEDIATE",
                            timeout=budget.timeout())
 
-    async def drifted_users(self, after: uuid.UUID, batch: int,
+    async def drifted_users(self, after: uuid.UUID | None, batch: int,
                             timeout: float = 300.0) -> tuple[uuid.UUID | None, int, list[uuid.UUID]]:
         """One set-based pass over a batch of users: those whose runs differ from the facts."""
         async with self._pool.acquire(timeout=timeout) as conn:
@@ -214,11 +215,11 @@ class AdminRepository:
         assert row is not None
         return row["last_user"], int(row["batch_size"]), list(row["drifted"])
 
-    async def user_ids(self, after: uuid.UUID, batch: int) -> list[uuid.UUID]:
+    async def user_ids(self, after: uuid.UUID | None, batch: int) -> list[uuid.UUID]:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT user_id FROM users WHERE user_id > $1 ORDER BY user_id LIMIT $2",
-                after, batch)
+                "SELECT user_id FROM users WHERE ($1::uuid IS NULL OR user_id > $1) "
+                "ORDER BY user_id LIMIT $2", after, batch)
         return [r["user_id"] for r in rows]
 
     async def count_users(self) -> int:
