@@ -211,12 +211,17 @@ BEGIN
             v_events := v_events || res.events;
         END IF;
     END LOOP;
+    -- The runs holding the dates: one index probe per date, not a scan of the history.
     SELECT coalesce(jsonb_agg(potato_run_json(r) ORDER BY r.end_date DESC), '[]'::jsonb)
       INTO v_runs
       FROM runs r
-     WHERE r.user_id = p_user
-       AND EXISTS (SELECT 1 FROM unnest(p_dates) AS x
-                    WHERE x BETWEEN r.start_date AND r.end_date);
+     WHERE r.run_id IN (
+           SELECT h.run_id
+             FROM (SELECT DISTINCT x FROM unnest(p_dates) AS x) d
+            CROSS JOIN LATERAL (SELECT run_id, start_date FROM runs
+                                 WHERE user_id = p_user AND end_date >= d.x
+                                 ORDER BY end_date LIMIT 1) h
+            WHERE h.start_date <= d.x);
     RETURN jsonb_build_object('added_days', v_added, 'time_zone', v_zone,
                               'runs', v_runs, 'events', to_jsonb(v_events));
 END $$;
