@@ -41,7 +41,7 @@ class ServerThread:
         async def boot() -> App:
             pool = await create_pool(self.dsn, min_size=2, max_size=20)
             settings = Settings(host="127.0.0.1", port=0, dsn=self.dsn, grace_period=1.0,
-                                invariant_check_interval=0)
+                                invariant_check_interval=0, health_probe_interval=0)
             return await build_app(settings, clock=self.clock,
                                    database=Database(dsn=self.dsn, pool=pool))
 

@@ -14,8 +14,10 @@ from grpc_reflection.v1alpha import reflection
 from potato.runs.v2 import admin_service_pb2, runs_service_pb2
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
+from potato_runs.deadline import Deadline
 from potato_runs.observability import Providers, build_providers
 from potato_runs.service.admin_service import AdminService
+from potato_runs.service.database_probe import DatabaseProbe
 from potato_runs.service.invariant_monitor import InvariantMonitor
 from potato_runs.service.runs_service import RunsService
 from potato_runs.service.telemetry import Telemetry
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RUNS_SERVICE = runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+ADMIN_POOL_SIZE = 2
 INVARIANTS_HEALTH = "potato.runs.v2.Invariants"
 """Health service name that turns NOT_SERVING while the invariant checker finds violations."""
 
@@ -47,27 +50,40 @@ class Database:
     embedded: EmbeddedPostgres | None = None
 
     async def close(self) -> None:
-        await self.pool.close()
-        if self.embedded is not None:
-            await asyncio.to_thread(self.embedded.stop)
+        try:
+            await self.pool.close()
+        finally:
+            if self.embedded is not None:
+                await asyncio.to_thread(self.embedded.stop)
 
 
-async def open_database(settings: Settings, *, run_migrations: bool = True) -> Database:
-    """Connects to settings.dsn, or starts the embedded cluster; migrates."""
+async def open_database(settings: Settings, *, run_migrations: bool = True,
+                        create_cluster: bool = True) -> Database:
+    """Connects to settings.dsn, or starts the embedded cluster (initialising it
+    unless create_cluster=False); migrates unless run_migrations=False.
+
+    Migrations run on a connection of their own, without the pool's command_timeout
+    (migrate() bounds its statements) and closed afterwards, so no session lock can
+    outlive them. If anything fails after the embedded cluster started, it is stopped
+    (and its data directory released) before the error propagates."""
     embedded = None
     dsn = settings.dsn
     if dsn is None:
         embedded = EmbeddedPostgres(settings.data_dir)
-        dsn = await asyncio.to_thread(embedded.start)
-        await ensure_database(embedded.dsn("postgres"), "potato")
+        dsn = await asyncio.to_thread(embedded.start, create=create_cluster)
     try:
-        pool = await create_pool(dsn, min_size=settings.pool_min_size,
-                                 max_size=settings.pool_max_size)
+        if embedded is not None and create_cluster:
+            await ensure_database(embedded.dsn("postgres"), "potato")
         if run_migrations:
-            async with pool.acquire() as conn:
+            conn = await asyncpg.connect(dsn)
+            try:
                 applied = await migrate(conn)
+            finally:
+                await conn.close()
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
+        pool = await create_pool(dsn, min_size=settings.pool_min_size,
+                                 max_size=settings.pool_max_size)
     except BaseException:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -85,7 +101,9 @@ class App:
     admin: AdminService
     health: health.HealthServicer
     monitor: InvariantMonitor
+    probe: DatabaseProbe
     providers: Providers
+    admin_pool: asyncpg.Pool
     _stopped: bool = field(default=False)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -94,7 +112,9 @@ class App:
         self._stopped = True
         self.health.enter_graceful_shutdown()
         await self.monitor.stop()
+        await self.probe.stop()
         await self.server.stop(self.settings.grace_period if grace is None else grace)
+        await self.admin_pool.close()
         await self.database.close()
         self.providers.shutdown()   # flushes the last spans and metrics
 
@@ -110,7 +130,11 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     db = database or await open_database(settings)
     telemetry = Telemetry(providers.tracer(), providers.meter())
     runs_repo = RunsRepository(db.pool)
-    admin_repo = AdminRepository(db.pool)
+    # Operator work (rebuilds, full checks, the monitor) gets its own small pool, so
+    # it can never take the connections that serve traffic.
+    admin_pool = await create_pool(db.dsn, min_size=0, max_size=ADMIN_POOL_SIZE,
+                                   command_timeout=600.0)
+    admin_repo = AdminRepository(admin_pool)
     runs = RunsService(runs_repo, clock, telemetry)
     admin = AdminService(admin_repo, clock, telemetry)
 
@@ -133,6 +157,17 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         health_servicer.set(INVARIANTS_HEALTH, status)
 
     monitor = InvariantMonitor(admin, settings.invariant_check_interval, report)
+
+    def serving(ok: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if ok
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ("", RUNS_SERVICE, ADMIN_SERVICE):
+            health_servicer.set(name, status)
+
+    async def ping() -> bool:
+        return await runs_repo.ping(Deadline.after(2.0))
+
+    probe = DatabaseProbe(ping, settings.health_probe_interval, serving)
     reflection.enable_server_reflection(
         (RUNS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
@@ -146,9 +181,13 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         await server.start()
     except BaseException:
         await server.stop(0)
+        await admin_pool.close()
         if database is None:   # opened here: close it (and stop an embedded cluster)
             await db.close()
         raise
     monitor.start()
+    probe.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
-               admin=admin, health=health_servicer, monitor=monitor, providers=providers)
+               admin=admin, health=health_servicer, monitor=monitor, probe=probe,
+               providers=providers,
+               admin_pool=admin_pool)

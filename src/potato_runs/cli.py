@@ -9,12 +9,14 @@ import os
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import signal
+import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +24,7 @@ import asyncpg
 import grpc
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -40,25 +43,92 @@ TargetOpt = typer.Option(None, "--target", help="host:port of a running server "
                          "(default: $POTATO_TARGET or 127.0.0.1:50051)")
 
 
+class CliError(Exception):
+    """A failure explained by its message alone (exit 2, no traceback)."""
+
+
+def _check_dsn(dsn: str) -> None:
+    """Refuses a malformed DSN up front: asyncpg reports some (a bad port, a broken
+    IPv6 host) as bare ValueError/OverflowError. Messages never repeat the DSN, which
+    may hold a password."""
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError('the scheme must be "postgresql" or "postgres"')
+        if "," not in parts.netloc:   # one host (multi-host DSNs are left to asyncpg)
+            _ = parts.port            # ValueError unless a number in 0..65535
+    except ValueError as exc:
+        raise CliError(f"invalid DSN: {exc}") from exc
+
+
 def _settings(**overrides: Any) -> Settings:
-    return Settings.from_env(**overrides)
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        raise CliError(f"invalid POTATO_* environment setting: {exc}") from exc
+    if not 0 <= settings.port <= 65535:
+        raise CliError(f"port {settings.port} is not in 0..65535")
+    if settings.dsn is not None:
+        _check_dsn(settings.dsn)
+    return settings
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):   # an OSError in 3.11, usually with no text
+        return "timed out"
+    return str(exc).strip() or type(exc).__name__
+
+
+def _describe(exc: Exception) -> str | None:
+    """The `error: ...` text for a failure an operator can act on; None for a bug."""
+    from potato_runs.domain.errors import DomainError
+    from potato_runs.observability import ObservabilityError
+
+    if isinstance(exc, asyncpg.PostgresError):   # e.g. 28P01 (login refused), 3D000 (no database)
+        return f"PostgreSQL refused ({exc.sqlstate}): {_reason(exc)}"
+    if isinstance(exc, asyncpg.InterfaceError):  # e.g. an invalid DSN
+        return f"cannot connect to PostgreSQL: {_reason(exc)}"
+    if isinstance(exc, OSError):                 # refused, unreachable, timed out
+        return f"cannot reach PostgreSQL: {_reason(exc)}"
+    if isinstance(exc, (CliError, DomainError, ObservabilityError, RuntimeError)):
+        # RuntimeError: EmbeddedPostgresError, MigrationError, "could not bind ..."
+        return _reason(exc)
+    return None
+
+
+def _error(message: str) -> None:
+    err_console.print("[red]error:[/red]", escape(message), soft_wrap=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    """Known failures print one `error: ...` message and exit 2 (no traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        message = _describe(exc)
+        if message is None:
+            raise
+        _error(message)
+        raise typer.Exit(2) from exc
+
+
 # --------------------------------------------------------------------------- serve
 @app.command()
 def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.1)"),
-          port: int = typer.Option(None, help="Port (default 50051; 0 picks a free one)"),
+          port: int = typer.Option(None, min=0, max=65535,
+                                   help="Port (default 50051; 0 picks a free one)"),
           dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
-    """Run the gRPC server (embedded PostgreSQL when no DSN is given)."""
+    """Run the gRPC server (embedded PostgreSQL when no DSN is given).
+    Exits 2 with `error: ...` when it cannot start."""
     from potato_runs.app import build_app
-    from potato_runs.observability import ObservabilityError
-    from potato_runs.storage.embedded import EmbeddedPostgresError
 
-    settings = _settings(host=host, port=port, dsn=dsn, data_dir=data_dir)
+    with _plain_errors():
+        settings = _settings(host=host, port=port, dsn=dsn, data_dir=data_dir)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -77,31 +147,32 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
             print("potato-runs shutting down", flush=True)
             await application.stop()
 
-    try:
+    with _plain_errors():
         _run(main())
-    except (EmbeddedPostgresError, ObservabilityError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except OSError as exc:
-        err_console.print(f"[red]error:[/red] cannot reach PostgreSQL: {exc}")
-        raise typer.Exit(2) from exc
 
 
 @app.command()
 def migrate(dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
-    """Apply pending schema migrations."""
+    """Apply pending schema migrations (creates the embedded cluster when needed).
+    Exits 2 with `error: ...` when it cannot."""
     from potato_runs.app import open_database
     from potato_runs.storage.migrate import migrate as run_migrate
 
     async def main() -> list[str]:
         db = await open_database(_settings(dsn=dsn, data_dir=data_dir), run_migrations=False)
         try:
-            async with db.pool.acquire() as conn:
+            # A connection of its own: no pool command_timeout (migrate() bounds its
+            # statements), and closing it ends any session lock.
+            conn = await asyncpg.connect(db.dsn)
+            try:
                 return await run_migrate(conn)
+            finally:
+                await conn.close()
         finally:
             await db.close()
 
-    applied = _run(main())
+    with _plain_errors():
+        applied = _run(main())
     console.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
 
 
@@ -229,29 +300,46 @@ async def _with_admin(dsn: str | None, data_dir: Path | None,
     from potato_runs.service.telemetry import Telemetry
     from potato_runs.storage.admin_repo import AdminRepository
 
-    db = await open_database(_settings(dsn=dsn, data_dir=data_dir))
+    # Never creates an embedded cluster nor migrates: operators work on what exists.
+    settings = _settings(dsn=dsn, data_dir=data_dir)
     try:
+        db = await open_database(settings, run_migrations=False, create_cluster=False)
+    except asyncpg.InvalidCatalogNameError as exc:
+        if settings.dsn is not None:
+            raise
+        raise CliError("schema not up to date; run `potato-runs migrate` (the embedded "
+                       "cluster has no `potato` database yet)") from exc
+    try:
+        await _require_schema(db.pool)
         return await fn(AdminService(AdminRepository(db.pool), SystemClock(), Telemetry()))
     finally:
         await db.close()
 
 
+async def _require_schema(pool: asyncpg.Pool) -> None:
+    """Refuses a database whose schema is missing or behind this version's migrations."""
+    from potato_runs.storage.migrate import migrations
+
+    async with pool.acquire() as conn:
+        done: dict[str, str] = {}
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is not None:
+            done = {r["version"]: r["checksum"] for r in
+                    await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+    changed = [m.version for m in migrations() if done.get(m.version, m.checksum) != m.checksum]
+    if changed:
+        raise CliError(f"schema does not match this version: migration {changed[0]} was "
+                       f"changed after it was applied")
+    pending = [m.version for m in migrations() if m.version not in done]
+    if pending:
+        raise CliError(f"schema not up to date; run `potato-runs migrate` "
+                       f"(pending: {', '.join(pending)})")
+
+
 def _admin(dsn: str | None, data_dir: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
     """Runs an operator routine; failures exit 2 with a plain message (1 means violations)."""
-    from potato_runs.domain.errors import DomainError
-    from potato_runs.storage.embedded import EmbeddedPostgresError
-
-    try:
+    with _plain_errors():
         return _run(_with_admin(dsn, data_dir, fn))
-    except DomainError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    except (EmbeddedPostgresError, OSError) as exc:
-        err_console.print(f"[red]error:[/red] cannot reach PostgreSQL: {exc}")
-        raise typer.Exit(2) from exc
-    except asyncpg.PostgresError as exc:   # e.g. 28P01: the login was refused
-        err_console.print(f"[red]error:[/red] PostgreSQL refused ({exc.sqlstate}): {exc}")
-        raise typer.Exit(2) from exc
+    raise AssertionError("unreachable")   # for type checkers: _plain_errors() re-raises
 
 
 @app.command()

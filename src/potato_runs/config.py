@@ -30,6 +30,8 @@ class Settings:
     max_concurrent_rpcs: int = 800
     """Calls beyond this many in flight get RESOURCE_EXHAUSTED (explicit load
     shedding) instead of being queued until gRPC cancels them."""
+    health_probe_interval: float = 5.0
+    """Seconds between database pings feeding the serving health status; 0 disables."""
     invariant_check_interval: float = 300.0
     """Seconds between background invariant checks feeding health; 0 disables."""
     log_level: str = "INFO"
@@ -54,6 +56,8 @@ class Settings:
             values["pool_max_size"] = int(env["POTATO_POOL_MAX_SIZE"])
         if env.get("POTATO_MAX_CONCURRENT_RPCS"):
             values["max_concurrent_rpcs"] = int(env["POTATO_MAX_CONCURRENT_RPCS"])
+        if env.get("POTATO_HEALTH_PROBE_INTERVAL"):
+            values["health_probe_interval"] = float(env["POTATO_HEALTH_PROBE_INTERVAL"])
         if env.get("POTATO_INVARIANT_CHECK_INTERVAL"):
             values["invariant_check_interval"] = float(env["POTATO_INVARIANT_CHECK_INTERVAL"])
         if env.get("POTATO_OTEL_EXPORTER"):

@@ -2,53 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-EXE = str(Path(sys.executable).parent / "potato-runs")
-ENV = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", "POTATO_INVARIANT_CHECK_INTERVAL": "0"}
-
-
-@pytest.fixture
-def data_dir() -> Iterator[Path]:
-    base = Path(tempfile.mkdtemp(prefix="potato-e2e-"))
-    os.chmod(base, 0o755)
-    yield base / "pgdata"
-    subprocess.run(["rm", "-rf", str(base)], check=False)
-
-
-def start(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([EXE, "serve", "--port", "0", "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()   # blocks until the server prints its address (or dies)
-    assert "serving on" in line, (line, proc.stderr.read() if proc.stderr else "")
-    return proc, line.split(" on ")[1].split()[0]
-
-
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    return out
-
-
-def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run([EXE, *args], capture_output=True, text=True, env=ENV, timeout=60,
-                         check=False)
-    if ok:
-        assert res.returncode == 0, res.stdout + res.stderr
-    return res
+from e2e.clitools import ENV, cli, start, stop
 
 
 def test_serve_embedded_persists_across_restarts_and_stops_cleanly(data_dir: Path) -> None:

@@ -56,6 +56,12 @@ async def test_unreachable_database_gives_unavailable() -> None:
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE
                 info, _, _ = rich_status(err.value)
                 assert info is not None and info.reason == "DATABASE_UNAVAILABLE"
+            # Health follows: a readiness probe can take this replica out of rotation.
+            assert await app.probe.probe_once() is False
+            health = health_pb2_grpc.HealthStub(ch)
+            for service in ("", "potato.runs.v2.RunsService"):
+                res = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert res.status == health_pb2.HealthCheckResponse.NOT_SERVING
     finally:
         await app.stop(0)
 
