@@ -413,16 +413,27 @@ def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user"),
     summary = {"users_scanned": report.users_scanned, "users_drifted": report.users_drifted,
                "users_rebuilt": report.users_rebuilt, "runs_added": report.runs_added,
                "runs_removed": report.runs_removed, "runs_changed": report.runs_changed,
+               "users_failed": len(report.failed),
                "seconds": round(report.seconds, 3), "dry_run": dry_run, "force": force}
     if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    table = Table(title="rebuild --all" + (" (dry run)" if dry_run else ""))
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in summary.items():
-        table.add_row(k, str(v))
-    console.print(table)
+        print(json.dumps({**summary, "failed": [{"user_id": str(u), "error": e}
+                                                 for u, e in report.failed]}, indent=2))
+    else:
+        table = Table(title="rebuild --all" + (" (dry run)" if dry_run else ""))
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in summary.items():
+            table.add_row(k, str(v))
+        console.print(table)
+        if report.failed:
+            failed = Table(title="users not rebuilt (run again for these)")
+            failed.add_column("user")
+            failed.add_column("error")
+            for u, e in report.failed:
+                failed.add_row(str(u), e)
+            console.print(failed)
+    if report.failed:
+        raise typer.Exit(2)   # the run went on, but it is not complete
 
 
 @app.command()
