@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from potato_runs.domain.errors import DomainError
+from potato_runs.service.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
 
-class DatabaseProbe:
+class DatabaseProbe(Periodic):
     """Every `interval` seconds: ping; report True (reachable) or False."""
+
+    name = "database-probe"
 
     def __init__(self, ping: Callable[[], Awaitable[bool]], interval: float,
                  report: Callable[[bool], None]) -> None:
+        super().__init__(interval)
         self._ping = ping
-        self._interval = interval
         self._report = report
-        self._task: asyncio.Task[None] | None = None
         self.last: bool | None = None
 
     async def probe_once(self) -> bool:
@@ -36,21 +36,8 @@ class DatabaseProbe:
         self._report(ok)
         return ok
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.probe_once()
-            except Exception:  # keep probing whatever one round did
-                log.exception("database probe failed")
-            await asyncio.sleep(self._interval)
+    async def round(self) -> None:
+        await self.probe_once()
 
-    def start(self) -> None:
-        if self._interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="database-probe")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def on_failure(self) -> None:
+        self._report(False)

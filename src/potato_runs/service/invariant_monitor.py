@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from potato_runs.domain.errors import DomainError
 from potato_runs.service.admin_service import AdminService
+from potato_runs.service.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
 
-class InvariantMonitor:
+class InvariantMonitor(Periodic):
     """Every `interval` seconds: check everyone; report (ok, violations found).
 
     ok is None when the check itself could not run (e.g. the database is down):
     the invariants are then unknown, not broken.
     """
 
+    name = "invariant-monitor"
+
     def __init__(self, admin: AdminService, interval: float,
                  report: Callable[[bool | None, int], None], limit: int = 100) -> None:
+        super().__init__(interval)
         self._admin = admin
-        self._interval = interval
         self._report = report
         self._limit = limit
-        self._task: asyncio.Task[None] | None = None
         self.last_violations: int | None = None
 
     async def check_once(self) -> int:
@@ -44,22 +44,8 @@ class InvariantMonitor:
         self._report(not violations, len(violations))
         return len(violations)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-            except Exception:  # keep monitoring whatever one round did
-                log.exception("invariant check failed")
-                self._report(None, -1)
-            await asyncio.sleep(self._interval)
+    async def round(self) -> None:
+        await self.check_once()
 
-    def start(self) -> None:
-        if self._interval > 0 and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="invariant-monitor")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+    def on_failure(self) -> None:
+        self._report(None, -1)
