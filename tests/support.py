@@ -8,11 +8,14 @@ machines can both call it: over gRPC, or through ServerThread.run(coro).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import os
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
+import asyncpg
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
@@ -85,3 +88,31 @@ def rich_status(exc: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
     return info, bad, status
+
+
+class OneConnectionPool:
+    """Stands in for a pool: runs the library's checker/rebuild on one connection,
+    inside the transaction the test has open on it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    def acquire(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]:
+        conn = self._conn
+
+        @contextlib.asynccontextmanager
+        async def cm() -> AsyncIterator[asyncpg.Connection]:
+            yield conn
+
+        return cm()
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists (signal 0)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

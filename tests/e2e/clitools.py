@@ -54,16 +54,6 @@ def assert_plain_error(res: subprocess.CompletedProcess[str], *needles: str) -> 
         assert needle in res.stderr, (needle, text)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def wait_until(cond: Callable[[], bool], timeout: float = 30.0, step: float = 0.05) -> bool:
     """Polls `cond` until it holds or `timeout` seconds pass (a bounded loop)."""
     deadline = time.monotonic() + timeout

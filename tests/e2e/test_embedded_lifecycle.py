@@ -16,8 +16,9 @@ from pathlib import Path
 
 import asyncpg
 
-from e2e.clitools import alive, assert_plain_error, cli, postmaster_pid, start, stop, wait_until
+from e2e.clitools import assert_plain_error, cli, postmaster_pid, start, stop, wait_until
 from potato_runs.storage.embedded import EmbeddedPostgres
+from support import alive
 
 
 def test_a_second_command_on_a_held_data_dir_fails_at_once(data_dir: Path) -> None:

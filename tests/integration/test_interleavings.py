@@ -33,6 +33,7 @@ from oracle import expected_strings as islands
 
 from potato_runs.storage.admin_repo import AdminRepository
 from potato_runs.storage.pool import create_pool
+from support import OneConnectionPool
 
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 ZONE = "America/New_York"
@@ -391,22 +392,6 @@ async def test_a_lockless_write_the_constraints_allow_is_still_caught_by_the_che
     finally:
         await tx.rollback()
     await assert_consistent(a, admin, uid)
-
-
-class OneConnectionPool:
-    """Lets the library's checker run on one connection, inside its open transaction."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    def acquire(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]:
-        conn = self._conn
-
-        @contextlib.asynccontextmanager
-        async def cm() -> AsyncIterator[asyncpg.Connection]:
-            yield conn
-
-        return cm()
 
 
 # --------------------------------------------------------------------------- (c) mark vs unmark

@@ -20,7 +20,6 @@ drifted users; the AdminService over gRPC (including INVALID_ARGUMENT); and the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
@@ -56,7 +55,7 @@ from potato_runs.storage.migrate import ensure_database, migrate
 from potato_runs.storage.pool import create_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support import DEFAULT_NOW, ServerThread, rich_status
+from support import DEFAULT_NOW, OneConnectionPool, ServerThread, rich_status
 
 T = TypeVar("T")
 D = dt.date.fromisoformat
@@ -158,22 +157,6 @@ async def fresh(pg_dsn: str) -> AsyncIterator[tuple[str, asyncpg.Connection, Adm
         await conn.close()
         await pool.close()
         await drop_scratch(dsn)
-
-
-class OneConnectionPool:
-    """Runs the library's checker/rebuild on one connection, inside its open transaction."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
-
-    def acquire(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]:
-        conn = self._conn
-
-        @contextlib.asynccontextmanager
-        async def cm() -> AsyncIterator[asyncpg.Connection]:
-            yield conn
-
-        return cm()
 
 
 # --------------------------------------------------------------------------- data helpers

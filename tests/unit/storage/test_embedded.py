@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from potato_runs.storage.embedded import LOCK_FILE, EmbeddedPostgres, EmbeddedPostgresError
+from support import alive
 
 SRC = str(Path(__file__).resolve().parents[3] / "src")
 
@@ -45,16 +46,6 @@ def cluster_ids(cluster: EmbeddedPostgres) -> tuple[int, int]:
 def snapshot(path: Path) -> tuple[int, int, int, bytes]:
     st = path.stat()
     return st.st_mode, st.st_uid, st.st_gid, path.read_bytes()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def wait_until(cond: object, timeout: float = 30.0) -> bool:
