@@ -66,8 +66,6 @@ def _settings(**overrides: Any) -> Settings:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:
         raise CliError(f"invalid POTATO_* environment setting: {exc}") from exc
-    if not 0 <= settings.port <= 65535:
-        raise CliError(f"port {settings.port} is not in 0..65535")
     if settings.dsn is not None:
         _check_dsn(settings.dsn)
     return settings

@@ -1,70 +1,81 @@
-"""Configuration: one frozen object, built from the environment and CLI flags.
+"""Configuration: one frozen, validated object, built from the environment and CLI flags.
 
-Only the composition root (app.py) and the CLI read it.
+Only the composition root (app.py) and the CLI read it. pydantic coerces the
+environment's strings and refuses bad values (a port outside 0..65535, a negative
+interval, an unknown exporter) with a ValueError that names the setting.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from potato_runs.storage.embedded import default_data_dir
 
+ENV_VARS: dict[str, str] = {
+    "POTATO_HOST": "host",
+    "POTATO_PORT": "port",
+    "POTATO_DSN": "dsn",
+    "POTATO_DATA_DIR": "data_dir",
+    "POTATO_POOL_MAX_SIZE": "pool_max_size",
+    "POTATO_MAX_CONCURRENT_RPCS": "max_concurrent_rpcs",
+    "POTATO_HEALTH_PROBE_INTERVAL": "health_probe_interval",
+    "POTATO_INVARIANT_CHECK_INTERVAL": "invariant_check_interval",
+    "POTATO_OTEL_EXPORTER": "otel_exporter",
+    "POTATO_OTEL_METRIC_INTERVAL": "otel_metric_interval",
+    "POTATO_LOG_LEVEL": "log_level",
+}
+"""Environment variable -> setting."""
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 50051
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field(default="127.0.0.1", min_length=1)
+    port: int = Field(default=50051, ge=0, le=65535)
     dsn: str | None = None
-    data_dir: Path = field(default_factory=default_data_dir)
-    pool_min_size: int = 2
-    pool_max_size: int = 16
-    default_timeout: float = 5.0
+    data_dir: Path = Field(default_factory=default_data_dir)
+    pool_min_size: int = Field(default=2, ge=0)
+    pool_max_size: int = Field(default=16, ge=1)
+    default_timeout: float = Field(default=5.0, gt=0)
     """Seconds a call may take when the client set no deadline."""
-    max_timeout: float = 30.0
+    max_timeout: float = Field(default=30.0, gt=0)
     """Cap on the deadline we honour from clients."""
-    grace_period: float = 5.0
-    max_concurrent_rpcs: int = 800
+    grace_period: float = Field(default=5.0, ge=0)
+    max_concurrent_rpcs: int = Field(default=800, ge=1)
     """Calls beyond this many in flight get RESOURCE_EXHAUSTED (explicit load
     shedding) instead of being queued until gRPC cancels them."""
-    health_probe_interval: float = 5.0
+    health_probe_interval: float = Field(default=5.0, ge=0)
     """Seconds between database pings feeding the serving health status; 0 disables."""
-    invariant_check_interval: float = 300.0
+    invariant_check_interval: float = Field(default=300.0, ge=0)
     """Seconds between background invariant checks feeding health; 0 disables."""
-    log_level: str = "INFO"
-    otel_exporter: str = "none"
-    """OpenTelemetry exporter: none, console or otlp (see observability.py)."""
-    otel_metric_interval: float = 60.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    """OpenTelemetry exporter (see observability.py)."""
+    otel_metric_interval: float = Field(default=60.0, gt=0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then the environment, then explicit overrides (CLI flags; None = unset)."""
         env = os.environ if env is None else env
-        base = cls()
-        values: dict[str, Any] = {}
-        if env.get("POTATO_HOST"):
-            values["host"] = env["POTATO_HOST"]
-        if env.get("POTATO_PORT"):
-            values["port"] = int(env["POTATO_PORT"])
-        if env.get("POTATO_DSN"):
-            values["dsn"] = env["POTATO_DSN"]
-        if env.get("POTATO_DATA_DIR"):
-            values["data_dir"] = Path(env["POTATO_DATA_DIR"])
-        if env.get("POTATO_POOL_MAX_SIZE"):
-            values["pool_max_size"] = int(env["POTATO_POOL_MAX_SIZE"])
-        if env.get("POTATO_MAX_CONCURRENT_RPCS"):
-            values["max_concurrent_rpcs"] = int(env["POTATO_MAX_CONCURRENT_RPCS"])
-        if env.get("POTATO_HEALTH_PROBE_INTERVAL"):
-            values["health_probe_interval"] = float(env["POTATO_HEALTH_PROBE_INTERVAL"])
-        if env.get("POTATO_INVARIANT_CHECK_INTERVAL"):
-            values["invariant_check_interval"] = float(env["POTATO_INVARIANT_CHECK_INTERVAL"])
-        if env.get("POTATO_OTEL_EXPORTER"):
-            values["otel_exporter"] = env["POTATO_OTEL_EXPORTER"]
-        if env.get("POTATO_OTEL_METRIC_INTERVAL"):
-            values["otel_metric_interval"] = float(env["POTATO_OTEL_METRIC_INTERVAL"])
-        if env.get("POTATO_LOG_LEVEL"):
-            values["log_level"] = env["POTATO_LOG_LEVEL"]
+        values: dict[str, Any] = {name: env[var] for var, name in ENV_VARS.items()
+                                  if env.get(var)}
+        if "log_level" in values:
+            values["log_level"] = str(values["log_level"]).upper()
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(base, **values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{_name(err['loc'])}: {err['msg']}" for err in exc.errors())
+            raise ValueError(problems) from None
+
+
+def _name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    env = next((var for var, name in ENV_VARS.items() if name == field), None)
+    return f"{field} ({env})" if env else field

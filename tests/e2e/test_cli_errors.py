@@ -69,7 +69,8 @@ def test_port_must_be_0_to_65535() -> None:
     res = cli("serve", ok=False, env={**ENV, "POTATO_PORT": "http"})
     assert_plain_error(res, "invalid POTATO_* environment setting")
     res = cli("serve", ok=False, env={**ENV, "POTATO_PORT": "65536"})
-    assert_plain_error(res, "port 65536 is not in 0..65535")
+    assert_plain_error(res, "invalid POTATO_* environment setting", "POTATO_PORT",
+                       "less than or equal to 65535")
 
 
 def test_a_timeout_is_reported_as_timed_out() -> None:
