@@ -81,10 +81,6 @@ def invalid_argument(
     )
 
 
-def violation(field_name: str, reason: Reason, description: str) -> DomainError:
-    return invalid_argument([FieldViolation(field_name, reason, description)])
-
-
 class ValidationCollector:
     """Collects every violation of a request before failing once."""
 

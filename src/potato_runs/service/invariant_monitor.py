@@ -27,7 +27,6 @@ class InvariantMonitor(Periodic):
         self._admin = admin
         self._report = report
         self._limit = limit
-        self.last_violations: int | None = None
 
     async def check_once(self) -> int:
         try:
@@ -36,7 +35,6 @@ class InvariantMonitor(Periodic):
             log.warning("invariant check could not run: %s", exc)
             self._report(None, -1)
             return -1
-        self.last_violations = len(violations)
         if violations:
             log.error("invariant check found %d violation(s); first: %s %s %s",
                       len(violations), violations[0].code, violations[0].user_id,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -13,11 +12,8 @@ import asyncpg
 from potato_runs.deadline import Deadline
 from potato_runs.domain.model import Run
 from potato_runs.domain.runs import RebuildPlan, plan_rebuild
-from potato_runs.storage.errors import map_db_error
-from potato_runs.storage.runs_repo import run_from_record
-
-_RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, created_at, "
-                "updated_at, last_extended_at")
+from potato_runs.storage.errors import DB_FAILURES, map_db_error
+from potato_runs.storage.runs_repo import RUN_COLUMNS, run_from_record
 
 
 def _run_json(r: Run) -> str:
@@ -156,13 +152,13 @@ class AdminRepository:
                         "SELECT checkin_date FROM daily_checkins WHERE user_id = $1",
                         user_id, timeout=budget.timeout())]
                     stored = [run_from_record(r) for r in await conn.fetch(
-                        f"SELECT {_RUN_COLUMNS} FROM runs WHERE user_id = $1",
+                        f"SELECT {RUN_COLUMNS} FROM runs WHERE user_id = $1",
                         user_id, timeout=budget.timeout())]
                     plan = plan_rebuild(user_id, stored, dates, from_date, to_date)
                     if not dry_run and not plan.diff.empty:
                         await self._apply(conn, user_id, plan, now, request_id, budget)
                     return plan
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
 
     async def _apply(self, conn: asyncpg.Connection, user_id: uuid.UUID, plan: RebuildPlan,
@@ -227,7 +223,6 @@ class AdminRepository:
             return int(await conn.fetchval("SELECT count(*) FROM users"))
 
     async def check(self, user_id: uuid.UUID | None, limit: int,
-                    codes: Sequence[str] | None = None,
                     timeout: float = 600.0) -> tuple[list[Violation], bool]:
         """Runs every invariant query within one time budget; returns (violations, truncated)."""
         out: list[Violation] = []
@@ -235,7 +230,7 @@ class AdminRepository:
         deadline = Deadline.after(timeout)
         try:
             async with self._pool.acquire(timeout=deadline.timeout()) as conn:
-                for code in codes or INVARIANT_QUERIES:
+                for code in INVARIANT_QUERIES:
                     sql = invariant_sql(code, user_id is not None)
                     sql = f"SELECT * FROM ({sql}) v LIMIT {int(limit) + 1}"
                     args = (user_id,) if user_id is not None else ()
@@ -245,6 +240,6 @@ class AdminRepository:
                             truncated = True
                             break
                         out.append(Violation(code, r[0], str(r[1])))
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
         return out, truncated

@@ -16,6 +16,9 @@ from potato_runs.domain.errors import (
 )
 
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+DB_FAILURES = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError)
+"""What a database call can raise; map_db_error turns each into a DomainError."""
 """serialization_failure and deadlock_detected: the only ones worth retrying."""
 
 _UNAVAILABLE_CLASSES = ("08", "53", "57P01", "57P02", "57P03", "58")

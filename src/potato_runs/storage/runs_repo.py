@@ -16,7 +16,7 @@ import asyncpg
 
 from potato_runs.deadline import Deadline
 from potato_runs.domain.model import BackfillResult, Change, MarkResult, Run, UnmarkResult
-from potato_runs.storage.errors import RETRYABLE_SQLSTATES, map_db_error
+from potato_runs.storage.errors import DB_FAILURES, RETRYABLE_SQLSTATES, map_db_error
 
 T = TypeVar("T")
 
@@ -59,7 +59,7 @@ def run_from_record(rec: Mapping[str, Any]) -> Run:
     return run_from_json(rec["user_id"], rec)
 
 
-_RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, created_at, updated_at, "
+RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, created_at, updated_at, "
                 "last_extended_at")
 
 
@@ -99,14 +99,14 @@ class RunsRepository:
             try:
                 async with self._pool.acquire(timeout=deadline.timeout()) as conn:
                     return await op(conn, deadline.timeout())
-            except asyncpg.PostgresError as exc:
-                if exc.sqlstate in RETRYABLE_SQLSTATES and attempt < self._retry.attempts:
+            except DB_FAILURES as exc:
+                if (isinstance(exc, asyncpg.PostgresError)
+                        and exc.sqlstate in RETRYABLE_SQLSTATES
+                        and attempt < self._retry.attempts):
                     delay = min(self._retry.max_delay, self._retry.base_delay * 2 ** attempt)
                     await asyncio.sleep(random.uniform(0, delay))
                     continue
                 raise map_db_error(exc, date_field, zone_given) from exc
-            except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-                raise map_db_error(exc, date_field) from exc
 
     async def mark_day(self, user_id: uuid.UUID, local_date: dt.date | None,
                        mark_time: dt.datetime | None, time_zone: str | None, source: str,
@@ -174,7 +174,7 @@ class RunsRepository:
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:
             return await conn.fetchrow(
                 f"""SELECT u.time_zone, r.start_date IS NOT NULL AS has_run,
-                           {", ".join("r." + c.strip() for c in _RUN_COLUMNS.split(","))}
+                           {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
                       FROM (SELECT $1::uuid AS user_id) q
                       LEFT JOIN users u ON u.user_id = q.user_id
                       LEFT JOIN runs r ON r.user_id = q.user_id AND r.active""",
@@ -189,7 +189,7 @@ class RunsRepository:
                         deadline: Deadline) -> list[Run]:
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:
             return await conn.fetch(
-                f"""SELECT {_RUN_COLUMNS} FROM runs
+                f"""SELECT {RUN_COLUMNS} FROM runs
                      WHERE user_id = $1 AND ($2::date IS NULL OR end_date < $2)
                      ORDER BY end_date DESC LIMIT $3""",
                 user_id, before_end, limit, timeout=timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 import grpc
@@ -142,10 +143,11 @@ def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.Backfil
                                  source=source)
 
 
-def user_id_only(value: str) -> Any:
+def user_id_only(value: str) -> uuid.UUID:
     errors = ValidationCollector()
     user_id = rules.parse_user_id(value, errors)
     errors.raise_if_any()
+    assert user_id is not None
     return user_id
 
 

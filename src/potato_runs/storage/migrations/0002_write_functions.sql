@@ -40,7 +40,8 @@ DECLARE
     v_zone text;
 BEGIN
     IF p_zone IS NOT NULL THEN
-        PERFORM p_now AT TIME ZONE p_zone;   -- 22023 for a zone Postgres does not know
+        -- A zone PostgreSQL does not know fails (22023) at its first use, in
+        -- potato_check_date, and the statement rolls back with this upsert.
         INSERT INTO users AS u (user_id, time_zone, updated_at)
         VALUES (p_user, p_zone, p_now)
         ON CONFLICT (user_id) DO UPDATE
