@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import uuid
 from typing import Any
 
 import asyncpg
@@ -42,14 +44,27 @@ async def backfill(stub: RunsServiceStub, user: str, days: list[str],
     return await stub.BackfillDays(req, timeout=30)
 
 
-async def stored_runs(db: asyncpg.Connection, user: str) -> list[tuple[str, str, int, bool]]:
+async def stored_runs(db: asyncpg.Connection,
+                      user: str | uuid.UUID) -> list[tuple[str, str, int, bool]]:
     rows = await db.fetch(
         "SELECT start_date, end_date, day_count, active FROM runs WHERE user_id = $1 "
         "ORDER BY start_date", user)
     return [(r[0].isoformat(), r[1].isoformat(), r[2], r[3]) for r in rows]
 
 
-async def checkins(db: asyncpg.Connection, user: str) -> list[str]:
+async def stored_rows(db: asyncpg.Connection, user: str | uuid.UUID) -> list[tuple[Any, ...]]:
+    """Every column of the user's runs, identity and timestamps included: equal rows
+    before and after mean the runs were not touched at all."""
+    return [tuple(r) for r in await db.fetch(
+        "SELECT * FROM runs WHERE user_id = $1 ORDER BY start_date", user)]
+
+
+async def checkin_dates(db: asyncpg.Connection, user: str | uuid.UUID) -> list[dt.date]:
+    return [r[0] for r in await db.fetch(
+        "SELECT checkin_date FROM daily_checkins WHERE user_id = $1 ORDER BY 1", user)]
+
+
+async def checkins(db: asyncpg.Connection, user: str | uuid.UUID) -> list[str]:
     rows = await db.fetch("SELECT checkin_date FROM daily_checkins WHERE user_id = $1 "
                           "ORDER BY 1", user)
     return [r[0].isoformat() for r in rows]
@@ -57,3 +72,21 @@ async def checkins(db: asyncpg.Connection, user: str) -> list[str]:
 
 def span(run: Any) -> tuple[str, str, int, bool]:
     return (run.start_date, run.end_date, run.day_count, run.active)
+
+
+async def advisory_waiters(db: asyncpg.Connection) -> int:
+    """Sessions waiting for an advisory lock (the per-user write lock) right now."""
+    return int(await db.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+
+
+async def settle_advisory_waiters(db: asyncpg.Connection, polls: int = 200) -> int:
+    """Polls (bounded, 10 ms apart) until no session waits for an advisory lock; returns
+    how many still wait at the end. Cancellation reaches PostgreSQL asynchronously."""
+    waiting = await advisory_waiters(db)
+    for _ in range(polls):
+        if waiting == 0:
+            break
+        await asyncio.sleep(0.01)
+        waiting = await advisory_waiters(db)
+    return waiting

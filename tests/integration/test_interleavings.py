@@ -35,6 +35,10 @@ from potato_runs.storage.admin_repo import AdminRepository
 from potato_runs.storage.pool import create_pool
 from support import OneConnectionPool
 
+from .helpers import checkin_dates as checkins_of
+from .helpers import stored_rows as runs_full
+from .helpers import stored_runs as runs_of
+
 NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
 ZONE = "America/New_York"
 D = dt.date.fromisoformat
@@ -88,23 +92,6 @@ async def backfill(conn: asyncpg.Connection, user: uuid.UUID, days: Sequence[str
     raw = await conn.fetchval("SELECT potato_backfill_days($1, $2::date[], $3, 'iso', $4, NULL)",
                               user, [D(d) for d in days], ZONE, NOW)
     return json.loads(raw)
-
-
-async def runs_of(conn: asyncpg.Connection, user: uuid.UUID) -> list[tuple[str, str, int, bool]]:
-    rows = await conn.fetch("SELECT start_date, end_date, day_count, active FROM runs "
-                            "WHERE user_id = $1 ORDER BY start_date", user)
-    return [(r[0].isoformat(), r[1].isoformat(), r[2], r[3]) for r in rows]
-
-
-async def runs_full(conn: asyncpg.Connection, user: uuid.UUID) -> list[tuple[Any, ...]]:
-    """Every column, identity and timestamps included: 'intact' means untouched."""
-    return [tuple(r) for r in await conn.fetch(
-        "SELECT * FROM runs WHERE user_id = $1 ORDER BY start_date", user)]
-
-
-async def checkins_of(conn: asyncpg.Connection, user: uuid.UUID) -> list[dt.date]:
-    return [r[0] for r in await conn.fetch(
-        "SELECT checkin_date FROM daily_checkins WHERE user_id = $1 ORDER BY 1", user)]
 
 
 async def assert_consistent(conn: asyncpg.Connection, admin: AdminRepository,

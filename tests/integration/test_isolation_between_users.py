@@ -11,12 +11,7 @@ import asyncpg
 from potato.runs.v2 import runs_service_pb2 as pb
 from potato.runs.v2.runs_service_pb2_grpc import RunsServiceStub
 
-from .helpers import NY
-
-
-async def waiting_on_advisory_locks(db: asyncpg.Connection) -> int:
-    return int(await db.fetchval(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"))
+from .helpers import NY, advisory_waiters
 
 
 async def test_a_locked_user_holds_one_connection_and_others_are_served(
@@ -33,7 +28,7 @@ async def test_a_locked_user_holds_one_connection_and_others_are_served(
             pb.MarkDayRequest(user_id=stuck, local_date=f"2025-02-{d:02d}"), timeout=60))
             for d in range(1, 26)]
         for _ in range(1000):   # bounded: until the first of them waits in PostgreSQL
-            if await waiting_on_advisory_locks(db) >= 1:
+            if await advisory_waiters(db) >= 1:
                 break
             await asyncio.sleep(0.01)
         else:
@@ -47,7 +42,7 @@ async def test_a_locked_user_holds_one_connection_and_others_are_served(
         active = await stub.GetActiveRun(pb.GetActiveRunRequest(user_id=other), timeout=3)
         assert active.run.start_date == "2025-01-01"
         # Only one connection of the stuck user is in PostgreSQL, waiting.
-        assert await waiting_on_advisory_locks(db) == 1
+        assert await advisory_waiters(db) == 1
     finally:
         await tx.rollback()
         await holder.close()

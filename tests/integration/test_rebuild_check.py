@@ -57,6 +57,10 @@ from potato_runs.storage.pool import create_pool
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from support import DEFAULT_NOW, OneConnectionPool, ServerThread, rich_status
 
+from .helpers import checkin_dates as facts_of
+from .helpers import stored_rows as runs_full
+from .helpers import stored_runs as runs_of
+
 T = TypeVar("T")
 D = dt.date.fromisoformat
 ONE_DAY = dt.timedelta(days=1)
@@ -171,27 +175,11 @@ def span(a: str, b: str) -> list[str]:
     return [(lo + ONE_DAY * i).isoformat() for i in range((hi - lo).days + 1)]
 
 
-async def runs_of(conn: asyncpg.Connection, user: uuid.UUID) -> list[tuple[str, str, int, bool]]:
-    rows = await conn.fetch("SELECT start_date, end_date, day_count, active FROM runs "
-                            "WHERE user_id = $1 ORDER BY start_date", user)
-    return [(r[0].isoformat(), r[1].isoformat(), r[2], r[3]) for r in rows]
-
-
-async def runs_full(conn: asyncpg.Connection, user: uuid.UUID) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in await conn.fetch(
-        "SELECT * FROM runs WHERE user_id = $1 ORDER BY start_date", user)]
-
-
 async def events_of(conn: asyncpg.Connection, user: uuid.UUID,
                     cause: str | None = None) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT kind, cause, before, after, request_id FROM run_events "
                             "WHERE user_id = $1 AND ($2::text IS NULL OR cause = $2) "
                             "ORDER BY event_id", user, cause)
-
-
-async def facts_of(conn: asyncpg.Connection, user: uuid.UUID) -> list[dt.date]:
-    return [r[0] for r in await conn.fetch(
-        "SELECT checkin_date FROM daily_checkins WHERE user_id = $1 ORDER BY 1", user)]
 
 
 def codes(violations: Sequence[Violation]) -> Counter[str]:
