@@ -28,8 +28,8 @@ def start(data_dir: Path | None = None, *args: str) -> tuple[subprocess.Popen[st
     return proc, line.split(" on ")[1].split()[0]
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> str:
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import uuid
@@ -37,8 +38,14 @@ def test_serve_embedded_persists_across_restarts_and_stops_cleanly(data_dir: Pat
         assert "2025-06-15" in out.stdout and "2025-06-16" in out.stdout
         out = cli("active", user, "--target", target)
         assert "2 days" in out.stdout
+        out = cli("backfill", user, "2025-06-17", "2025-06-18", "--target", target)
+        assert "added 2 day(s)" in out.stdout and "2025-06-15" in out.stdout
+        out = cli("unmark", user, "2025-06-16", "--target", target)
+        assert "split" in out.stdout and "2025-06-17" in out.stdout
     finally:
-        stop(proc)
+        # Ctrl-C is a graceful shutdown too, and it stops the embedded cluster.
+        assert "shutting down" in stop(proc, signal.SIGINT)
+    assert not (data_dir / "data" / "postmaster.pid").exists()
 
 
 def test_operator_commands_against_the_embedded_cluster(data_dir: Path) -> None:

@@ -18,6 +18,8 @@ from potato_runs.storage.embedded import free_port
 from potato_runs.storage.pool import create_pool
 from support import rich_status
 
+from .helpers import settle_advisory_waiters
+
 
 async def test_health_reports_serving(channel: grpc.aio.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
@@ -66,12 +68,40 @@ async def test_unreachable_database_gives_unavailable() -> None:
         await app.stop(0)
 
 
-async def test_expired_deadline_is_deadline_exceeded_not_internal(
-        stub: runs_service_pb2_grpc.RunsServiceStub, user_id: str) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.MarkDay(pb.MarkDayRequest(user_id=user_id, local_date="2025-06-01",
-                                             time_zone="UTC"), timeout=0.000001)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+async def test_the_client_deadline_bounds_the_database_wait(
+        stub: runs_service_pb2_grpc.RunsServiceStub, pg_dsn: str, user_id: str) -> None:
+    """A write stuck behind the user's lock ends with DEADLINE_EXCEEDED at the client's
+    deadline (well before the pool's 5 s lock_timeout), writes nothing, and leaves no
+    waiting statement or connection behind. (grpc cancels the handler at the deadline;
+    the repository's own deadline-derived timeouts are tested in test_runs_repo.py.)"""
+    import uuid
+
+    import asyncpg
+
+    holder = await asyncpg.connect(pg_dsn)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("SELECT pg_advisory_xact_lock(potato_lock_key($1))",
+                         uuid.UUID(user_id))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.MarkDay(pb.MarkDayRequest(user_id=user_id, local_date="2025-06-01",
+                                                 time_zone="UTC"), timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The server gave up too: its statement no longer waits on the lock, long before
+        # lock_timeout (5 s) would have ended it. (Bounded poll, not a sleep.)
+        assert await settle_advisory_waiters(holder) == 0
+    finally:
+        await tx.rollback()
+    try:
+        assert await holder.fetchval(
+            "SELECT count(*) FROM daily_checkins WHERE user_id = $1", uuid.UUID(user_id)) == 0
+        # The cancelled statement did not keep the user's lock or a connection.
+        res = await stub.MarkDay(pb.MarkDayRequest(user_id=user_id, local_date="2025-06-01",
+                                                   time_zone="UTC"), timeout=10)
+        assert res.run.day_count == 1
+    finally:
+        await holder.close()
 
 
 async def test_invariant_violations_turn_the_invariants_health_not_serving(pg_dsn: str) -> None:
