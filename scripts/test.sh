@@ -18,6 +18,8 @@ if git rev-parse -q --verify HEAD~1 >/dev/null 2>&1 && git cat-file -e HEAD~1:bu
 else
   echo "no earlier commit with buf.yaml: nothing to compare"
 fi
+step "buf breaking: v1 is frozen (against its first release, protos/images/potato_runs_v1.binpb)"
+buf breaking --against protos/images/potato_runs_v1.binpb
 step "generated code matches protos"
 PYTHON=.venv/bin/python scripts/gen_protos.sh --check
 step "ruff"

@@ -22,10 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from potato.runs.v2 import run_pb2 as potato_dot_runs_dot_v2_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"potato/runs/v2/admin_service.proto\x12\x0epotato.runs.v2\x1a\x18potato/runs/v2/run.proto\"^\n\x16RebuildUserRunsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tfrom_date\x18\x02 \x01(\t\x12\x0f\n\x07to_date\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"V\n\x0bRunRevision\x12#\n\x06\x62\x65\x66ore\x18\x01 \x01(\x0b\x32\x13.potato.runs.v2.Run\x12\"\n\x05\x61\x66ter\x18\x02 \x01(\x0b\x32\x13.potato.runs.v2.Run\"\xd6\x01\n\x17RebuildUserRunsResponse\x12\"\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\x0b\x32\x13.potato.runs.v2.Run\x12$\n\x07removed\x18\x02 \x03(\x0b\x32\x13.potato.runs.v2.Run\x12,\n\x07\x63hanged\x18\x03 \x03(\x0b\x32\x1b.potato.runs.v2.RunRevision\x12\x19\n\x11rebuilt_from_date\x18\x04 \x01(\t\x12\x17\n\x0frebuilt_to_date\x18\x05 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\"8\n\x16\x43heckInvariantsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"C\n\x12InvariantViolation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"d\n\x17\x43heckInvariantsResponse\x12\x36\n\nviolations\x18\x01 \x03(\x0b\x32\".potato.runs.v2.InvariantViolation\x12\x11\n\ttruncated\x18\x02 \x01(\x08\x32\xd6\x01\n\x0c\x41\x64minService\x12\x62\n\x0fRebuildUserRuns\x12&.potato.runs.v2.RebuildUserRunsRequest\x1a\'.potato.runs.v2.RebuildUserRunsResponse\x12\x62\n\x0f\x43heckInvariants\x12&.potato.runs.v2.CheckInvariantsRequest\x1a\'.potato.runs.v2.CheckInvariantsResponseB\x16\n\x12\x63om.potato.runs.v2P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"potato/runs/v2/admin_service.proto\x12\x0epotato.runs.v2\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18potato/runs/v2/run.proto\"^\n\x16RebuildUserRunsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tfrom_date\x18\x02 \x01(\t\x12\x0f\n\x07to_date\x18\x03 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"V\n\x0bRunRevision\x12#\n\x06\x62\x65\x66ore\x18\x01 \x01(\x0b\x32\x13.potato.runs.v2.Run\x12\"\n\x05\x61\x66ter\x18\x02 \x01(\x0b\x32\x13.potato.runs.v2.Run\"\xd6\x01\n\x17RebuildUserRunsResponse\x12\"\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\x0b\x32\x13.potato.runs.v2.Run\x12$\n\x07removed\x18\x02 \x03(\x0b\x32\x13.potato.runs.v2.Run\x12,\n\x07\x63hanged\x18\x03 \x03(\x0b\x32\x1b.potato.runs.v2.RunRevision\x12\x19\n\x11rebuilt_from_date\x18\x04 \x01(\t\x12\x17\n\x0frebuilt_to_date\x18\x05 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x06 \x01(\x08\"8\n\x16\x43heckInvariantsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"C\n\x12InvariantViolation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"d\n\x17\x43heckInvariantsResponse\x12\x36\n\nviolations\x18\x01 \x03(\x0b\x32\".potato.runs.v2.InvariantViolation\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"`\n\x17RebuildRunsBatchRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x03 \x01(\x08\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\"^\n\x0bRebuiltUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nruns_added\x18\x02 \x01(\x05\x12\x14\n\x0cruns_removed\x18\x03 \x01(\x05\x12\x14\n\x0cruns_changed\x18\x04 \x01(\x05\",\n\nFailedUser\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xc5\x01\n\x18RebuildRunsBatchResponse\x12\x15\n\rusers_scanned\x18\x01 \x01(\x05\x12\x32\n\rdrifted_users\x18\x02 \x03(\x0b\x32\x1b.potato.runs.v2.RebuiltUser\x12\x30\n\x0c\x66\x61iled_users\x18\x03 \x03(\x0b\x32\x1a.potato.runs.v2.FailedUser\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x13\n\x0btotal_users\x18\x05 \x01(\x03\">\n\x15\x44iffPopulationRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"S\n\x0e\x44iffClassCount\x12\x18\n\x10\x64ifference_class\x18\x01 \x01(\t\x12\r\n\x05users\x18\x02 \x01(\x03\x12\x18\n\x10\x65xample_user_ids\x18\x03 \x03(\t\"\xc1\x01\n\x16\x44iffPopulationResponse\x12\x15\n\rusers_scanned\x18\x01 \x01(\x05\x12\x17\n\x0fusers_different\x18\x02 \x01(\x05\x12/\n\x07\x63lasses\x18\x03 \x03(\x0b\x32\x1e.potato.runs.v2.DiffClassCount\x12\x18\n\x10\x63heckins_scanned\x18\x04 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t\x12\x13\n\x0btotal_users\x18\x06 \x01(\x03\";\n\x15GetShadowStatsRequest\x12\x0c\n\x04\x66lag\x18\x01 \x01(\t\x12\x14\n\x0cwindow_hours\x18\x02 \x01(\x05\";\n\nShadowStat\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06result\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\"^\n\x16GetShadowStatsResponse\x12)\n\x05stats\x18\x01 \x03(\x0b\x32\x1a.potato.runs.v2.ShadowStat\x12\x19\n\x11stored_mismatches\x18\x02 \x01(\x03\"\xcd\x01\n\x04\x46lag\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x17\n\x0frollout_percent\x18\x03 \x01(\x01\x12\x16\n\x0eshadow_percent\x18\x04 \x01(\x01\x12\x16\n\x0e\x61llow_user_ids\x18\x05 \x03(\t\x12\x15\n\rdeny_user_ids\x18\x06 \x03(\t\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rupdate_reason\x18\x08 \x01(\t\"\x1e\n\x0eGetFlagRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x0fGetFlagResponse\x12\"\n\x04\x66lag\x18\x01 \x01(\x0b\x32\x14.potato.runs.v2.Flag\"\x12\n\x10ListFlagsRequest\"8\n\x11ListFlagsResponse\x12#\n\x05\x66lags\x18\x01 \x03(\x0b\x32\x14.potato.runs.v2.Flag\"x\n\x11UpdateFlagRequest\x12\"\n\x04\x66lag\x18\x01 \x01(\x0b\x32\x14.potato.runs.v2.Flag\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0e\n\x06reason\x18\x03 \x01(\t\"8\n\x12UpdateFlagResponse\x12\"\n\x04\x66lag\x18\x01 \x01(\x0b\x32\x14.potato.runs.v2.Flag\"3\n\x13RollbackFlagRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\":\n\x14RollbackFlagResponse\x12\"\n\x04\x66lag\x18\x01 \x01(\x0b\x32\x14.potato.runs.v2.Flag2\xcd\x06\n\x0c\x41\x64minService\x12\x62\n\x0fRebuildUserRuns\x12&.potato.runs.v2.RebuildUserRunsRequest\x1a\'.potato.runs.v2.RebuildUserRunsResponse\x12\x62\n\x0f\x43heckInvariants\x12&.potato.runs.v2.CheckInvariantsRequest\x1a\'.potato.runs.v2.CheckInvariantsResponse\x12\x65\n\x10RebuildRunsBatch\x12\'.potato.runs.v2.RebuildRunsBatchRequest\x1a(.potato.runs.v2.RebuildRunsBatchResponse\x12_\n\x0e\x44iffPopulation\x12%.potato.runs.v2.DiffPopulationRequest\x1a&.potato.runs.v2.DiffPopulationResponse\x12_\n\x0eGetShadowStats\x12%.potato.runs.v2.GetShadowStatsRequest\x1a&.potato.runs.v2.GetShadowStatsResponse\x12J\n\x07GetFlag\x12\x1e.potato.runs.v2.GetFlagRequest\x1a\x1f.potato.runs.v2.GetFlagResponse\x12P\n\tListFlags\x12 .potato.runs.v2.ListFlagsRequest\x1a!.potato.runs.v2.ListFlagsResponse\x12S\n\nUpdateFlag\x12!.potato.runs.v2.UpdateFlagRequest\x1a\".potato.runs.v2.UpdateFlagResponse\x12Y\n\x0cRollbackFlag\x12#.potato.runs.v2.RollbackFlagRequest\x1a$.potato.runs.v2.RollbackFlagResponseB\x16\n\x12\x63om.potato.runs.v2P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +35,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'potato.runs.v2.admin_servic
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022com.potato.runs.v2P\001'
-  _globals['_REBUILDUSERRUNSREQUEST']._serialized_start=80
-  _globals['_REBUILDUSERRUNSREQUEST']._serialized_end=174
-  _globals['_RUNREVISION']._serialized_start=176
-  _globals['_RUNREVISION']._serialized_end=262
-  _globals['_REBUILDUSERRUNSRESPONSE']._serialized_start=265
-  _globals['_REBUILDUSERRUNSRESPONSE']._serialized_end=479
-  _globals['_CHECKINVARIANTSREQUEST']._serialized_start=481
-  _globals['_CHECKINVARIANTSREQUEST']._serialized_end=537
-  _globals['_INVARIANTVIOLATION']._serialized_start=539
-  _globals['_INVARIANTVIOLATION']._serialized_end=606
-  _globals['_CHECKINVARIANTSRESPONSE']._serialized_start=608
-  _globals['_CHECKINVARIANTSRESPONSE']._serialized_end=708
-  _globals['_ADMINSERVICE']._serialized_start=711
-  _globals['_ADMINSERVICE']._serialized_end=925
+  _globals['_REBUILDUSERRUNSREQUEST']._serialized_start=147
+  _globals['_REBUILDUSERRUNSREQUEST']._serialized_end=241
+  _globals['_RUNREVISION']._serialized_start=243
+  _globals['_RUNREVISION']._serialized_end=329
+  _globals['_REBUILDUSERRUNSRESPONSE']._serialized_start=332
+  _globals['_REBUILDUSERRUNSRESPONSE']._serialized_end=546
+  _globals['_CHECKINVARIANTSREQUEST']._serialized_start=548
+  _globals['_CHECKINVARIANTSREQUEST']._serialized_end=604
+  _globals['_INVARIANTVIOLATION']._serialized_start=606
+  _globals['_INVARIANTVIOLATION']._serialized_end=673
+  _globals['_CHECKINVARIANTSRESPONSE']._serialized_start=675
+  _globals['_CHECKINVARIANTSRESPONSE']._serialized_end=775
+  _globals['_REBUILDRUNSBATCHREQUEST']._serialized_start=777
+  _globals['_REBUILDRUNSBATCHREQUEST']._serialized_end=873
+  _globals['_REBUILTUSER']._serialized_start=875
+  _globals['_REBUILTUSER']._serialized_end=969
+  _globals['_FAILEDUSER']._serialized_start=971
+  _globals['_FAILEDUSER']._serialized_end=1015
+  _globals['_REBUILDRUNSBATCHRESPONSE']._serialized_start=1018
+  _globals['_REBUILDRUNSBATCHRESPONSE']._serialized_end=1215
+  _globals['_DIFFPOPULATIONREQUEST']._serialized_start=1217
+  _globals['_DIFFPOPULATIONREQUEST']._serialized_end=1279
+  _globals['_DIFFCLASSCOUNT']._serialized_start=1281
+  _globals['_DIFFCLASSCOUNT']._serialized_end=1364
+  _globals['_DIFFPOPULATIONRESPONSE']._serialized_start=1367
+  _globals['_DIFFPOPULATIONRESPONSE']._serialized_end=1560
+  _globals['_GETSHADOWSTATSREQUEST']._serialized_start=1562
+  _globals['_GETSHADOWSTATSREQUEST']._serialized_end=1621
+  _globals['_SHADOWSTAT']._serialized_start=1623
+  _globals['_SHADOWSTAT']._serialized_end=1682
+  _globals['_GETSHADOWSTATSRESPONSE']._serialized_start=1684
+  _globals['_GETSHADOWSTATSRESPONSE']._serialized_end=1778
+  _globals['_FLAG']._serialized_start=1781
+  _globals['_FLAG']._serialized_end=1986
+  _globals['_GETFLAGREQUEST']._serialized_start=1988
+  _globals['_GETFLAGREQUEST']._serialized_end=2018
+  _globals['_GETFLAGRESPONSE']._serialized_start=2020
+  _globals['_GETFLAGRESPONSE']._serialized_end=2073
+  _globals['_LISTFLAGSREQUEST']._serialized_start=2075
+  _globals['_LISTFLAGSREQUEST']._serialized_end=2093
+  _globals['_LISTFLAGSRESPONSE']._serialized_start=2095
+  _globals['_LISTFLAGSRESPONSE']._serialized_end=2151
+  _globals['_UPDATEFLAGREQUEST']._serialized_start=2153
+  _globals['_UPDATEFLAGREQUEST']._serialized_end=2273
+  _globals['_UPDATEFLAGRESPONSE']._serialized_start=2275
+  _globals['_UPDATEFLAGRESPONSE']._serialized_end=2331
+  _globals['_ROLLBACKFLAGREQUEST']._serialized_start=2333
+  _globals['_ROLLBACKFLAGREQUEST']._serialized_end=2384
+  _globals['_ROLLBACKFLAGRESPONSE']._serialized_start=2386
+  _globals['_ROLLBACKFLAGRESPONSE']._serialized_end=2444
+  _globals['_ADMINSERVICE']._serialized_start=2447
+  _globals['_ADMINSERVICE']._serialized_end=3292
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from potato.runs.v2 import run_pb2 as _run_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -68,3 +72,181 @@ class CheckInvariantsResponse(_message.Message):
     violations: _containers.RepeatedCompositeFieldContainer[InvariantViolation]
     truncated: bool
     def __init__(self, violations: _Optional[_Iterable[_Union[InvariantViolation, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class RebuildRunsBatchRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "dry_run", "force")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    dry_run: bool
+    force: bool
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., dry_run: _Optional[bool] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class RebuiltUser(_message.Message):
+    __slots__ = ("user_id", "runs_added", "runs_removed", "runs_changed")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RUNS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    RUNS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    RUNS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    runs_added: int
+    runs_removed: int
+    runs_changed: int
+    def __init__(self, user_id: _Optional[str] = ..., runs_added: _Optional[int] = ..., runs_removed: _Optional[int] = ..., runs_changed: _Optional[int] = ...) -> None: ...
+
+class FailedUser(_message.Message):
+    __slots__ = ("user_id", "error")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    error: str
+    def __init__(self, user_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class RebuildRunsBatchResponse(_message.Message):
+    __slots__ = ("users_scanned", "drifted_users", "failed_users", "next_page_token", "total_users")
+    USERS_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    DRIFTED_USERS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_USERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_USERS_FIELD_NUMBER: _ClassVar[int]
+    users_scanned: int
+    drifted_users: _containers.RepeatedCompositeFieldContainer[RebuiltUser]
+    failed_users: _containers.RepeatedCompositeFieldContainer[FailedUser]
+    next_page_token: str
+    total_users: int
+    def __init__(self, users_scanned: _Optional[int] = ..., drifted_users: _Optional[_Iterable[_Union[RebuiltUser, _Mapping]]] = ..., failed_users: _Optional[_Iterable[_Union[FailedUser, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_users: _Optional[int] = ...) -> None: ...
+
+class DiffPopulationRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class DiffClassCount(_message.Message):
+    __slots__ = ("difference_class", "users", "example_user_ids")
+    DIFFERENCE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    difference_class: str
+    users: int
+    example_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, difference_class: _Optional[str] = ..., users: _Optional[int] = ..., example_user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DiffPopulationResponse(_message.Message):
+    __slots__ = ("users_scanned", "users_different", "classes", "checkins_scanned", "next_page_token", "total_users")
+    USERS_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    USERS_DIFFERENT_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    CHECKINS_SCANNED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_USERS_FIELD_NUMBER: _ClassVar[int]
+    users_scanned: int
+    users_different: int
+    classes: _containers.RepeatedCompositeFieldContainer[DiffClassCount]
+    checkins_scanned: int
+    next_page_token: str
+    total_users: int
+    def __init__(self, users_scanned: _Optional[int] = ..., users_different: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[DiffClassCount, _Mapping]]] = ..., checkins_scanned: _Optional[int] = ..., next_page_token: _Optional[str] = ..., total_users: _Optional[int] = ...) -> None: ...
+
+class GetShadowStatsRequest(_message.Message):
+    __slots__ = ("flag", "window_hours")
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_HOURS_FIELD_NUMBER: _ClassVar[int]
+    flag: str
+    window_hours: int
+    def __init__(self, flag: _Optional[str] = ..., window_hours: _Optional[int] = ...) -> None: ...
+
+class ShadowStat(_message.Message):
+    __slots__ = ("method", "result", "count")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    result: str
+    count: int
+    def __init__(self, method: _Optional[str] = ..., result: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class GetShadowStatsResponse(_message.Message):
+    __slots__ = ("stats", "stored_mismatches")
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    STORED_MISMATCHES_FIELD_NUMBER: _ClassVar[int]
+    stats: _containers.RepeatedCompositeFieldContainer[ShadowStat]
+    stored_mismatches: int
+    def __init__(self, stats: _Optional[_Iterable[_Union[ShadowStat, _Mapping]]] = ..., stored_mismatches: _Optional[int] = ...) -> None: ...
+
+class Flag(_message.Message):
+    __slots__ = ("name", "enabled", "rollout_percent", "shadow_percent", "allow_user_ids", "deny_user_ids", "update_time", "update_reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    DENY_USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    enabled: bool
+    rollout_percent: float
+    shadow_percent: float
+    allow_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    deny_user_ids: _containers.RepeatedScalarFieldContainer[str]
+    update_time: _timestamp_pb2.Timestamp
+    update_reason: str
+    def __init__(self, name: _Optional[str] = ..., enabled: _Optional[bool] = ..., rollout_percent: _Optional[float] = ..., shadow_percent: _Optional[float] = ..., allow_user_ids: _Optional[_Iterable[str]] = ..., deny_user_ids: _Optional[_Iterable[str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_reason: _Optional[str] = ...) -> None: ...
+
+class GetFlagRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetFlagResponse(_message.Message):
+    __slots__ = ("flag",)
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    flag: Flag
+    def __init__(self, flag: _Optional[_Union[Flag, _Mapping]] = ...) -> None: ...
+
+class ListFlagsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListFlagsResponse(_message.Message):
+    __slots__ = ("flags",)
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    flags: _containers.RepeatedCompositeFieldContainer[Flag]
+    def __init__(self, flags: _Optional[_Iterable[_Union[Flag, _Mapping]]] = ...) -> None: ...
+
+class UpdateFlagRequest(_message.Message):
+    __slots__ = ("flag", "update_mask", "reason")
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    flag: Flag
+    update_mask: _field_mask_pb2.FieldMask
+    reason: str
+    def __init__(self, flag: _Optional[_Union[Flag, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UpdateFlagResponse(_message.Message):
+    __slots__ = ("flag",)
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    flag: Flag
+    def __init__(self, flag: _Optional[_Union[Flag, _Mapping]] = ...) -> None: ...
+
+class RollbackFlagRequest(_message.Message):
+    __slots__ = ("name", "reason")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    reason: str
+    def __init__(self, name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RollbackFlagResponse(_message.Message):
+    __slots__ = ("flag",)
+    FLAG_FIELD_NUMBER: _ClassVar[int]
+    flag: Flag
+    def __init__(self, flag: _Optional[_Union[Flag, _Mapping]] = ...) -> None: ...

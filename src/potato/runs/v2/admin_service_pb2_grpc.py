@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService exposes operator routines to internal tools.
+    """AdminService exposes operator routines to internal tools. Every call
+    carries `authorization: Bearer <token>`; without it, or with a wrong token,
+    the call is UNAUTHENTICATED.
     """
 
     def __init__(self, channel):
@@ -45,10 +47,47 @@ class AdminServiceStub:
                 request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.CheckInvariantsRequest.SerializeToString,
                 response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.CheckInvariantsResponse.FromString,
                 _registered_method=True)
+        self.RebuildRunsBatch = channel.unary_unary(
+                '/potato.runs.v2.AdminService/RebuildRunsBatch',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildRunsBatchRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildRunsBatchResponse.FromString,
+                _registered_method=True)
+        self.DiffPopulation = channel.unary_unary(
+                '/potato.runs.v2.AdminService/DiffPopulation',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.DiffPopulationRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.DiffPopulationResponse.FromString,
+                _registered_method=True)
+        self.GetShadowStats = channel.unary_unary(
+                '/potato.runs.v2.AdminService/GetShadowStats',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetShadowStatsRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetShadowStatsResponse.FromString,
+                _registered_method=True)
+        self.GetFlag = channel.unary_unary(
+                '/potato.runs.v2.AdminService/GetFlag',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetFlagRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetFlagResponse.FromString,
+                _registered_method=True)
+        self.ListFlags = channel.unary_unary(
+                '/potato.runs.v2.AdminService/ListFlags',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ListFlagsRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ListFlagsResponse.FromString,
+                _registered_method=True)
+        self.UpdateFlag = channel.unary_unary(
+                '/potato.runs.v2.AdminService/UpdateFlag',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.UpdateFlagRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.UpdateFlagResponse.FromString,
+                _registered_method=True)
+        self.RollbackFlag = channel.unary_unary(
+                '/potato.runs.v2.AdminService/RollbackFlag',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService exposes operator routines to internal tools.
+    """AdminService exposes operator routines to internal tools. Every call
+    carries `authorization: Bearer <token>`; without it, or with a wrong token,
+    the call is UNAUTHENTICATED.
     """
 
     def RebuildUserRuns(self, request, context):
@@ -67,6 +106,60 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebuildRunsBatch(self, request, context):
+        """Rebuilds the runs of one batch of users (in user_id order) whose runs
+        differ from the facts (every user of the batch with force). Callers loop
+        on next_page_token; each user is its own short locked transaction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiffPopulation(self, request, context):
+        """Compares the legacy computation with the runs projection for one batch
+        of users (in user_id order), set-based, and classifies the differences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShadowStats(self, request, context):
+        """Online shadow comparisons counted for a flag over a recent window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFlag(self, request, context):
+        """Returns one feature flag (AIP-131). NOT_FOUND for an unknown name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFlags(self, request, context):
+        """Returns every feature flag (AIP-132), by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateFlag(self, request, context):
+        """Updates the fields of a flag named by update_mask (AIP-134) and records
+        the change, with its reason, in the audit table.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackFlag(self, request, context):
+        """Disables a flag: everyone is served legacy at once (a kill switch); the
+        percentages and lists are kept, and no data changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -80,6 +173,41 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.CheckInvariantsRequest.FromString,
                     response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.CheckInvariantsResponse.SerializeToString,
             ),
+            'RebuildRunsBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildRunsBatch,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildRunsBatchRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildRunsBatchResponse.SerializeToString,
+            ),
+            'DiffPopulation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffPopulation,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.DiffPopulationRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.DiffPopulationResponse.SerializeToString,
+            ),
+            'GetShadowStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShadowStats,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetShadowStatsRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetShadowStatsResponse.SerializeToString,
+            ),
+            'GetFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFlag,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetFlagRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.GetFlagResponse.SerializeToString,
+            ),
+            'ListFlags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFlags,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ListFlagsRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ListFlagsResponse.SerializeToString,
+            ),
+            'UpdateFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateFlag,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.UpdateFlagRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.UpdateFlagResponse.SerializeToString,
+            ),
+            'RollbackFlag': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackFlag,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'potato.runs.v2.AdminService', rpc_method_handlers)
@@ -89,7 +217,9 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService exposes operator routines to internal tools.
+    """AdminService exposes operator routines to internal tools. Every call
+    carries `authorization: Bearer <token>`; without it, or with a wrong token,
+    the call is UNAUTHENTICATED.
     """
 
     @staticmethod
@@ -136,6 +266,195 @@ class AdminService:
             '/potato.runs.v2.AdminService/CheckInvariants',
             potato_dot_runs_dot_v2_dot_admin__service__pb2.CheckInvariantsRequest.SerializeToString,
             potato_dot_runs_dot_v2_dot_admin__service__pb2.CheckInvariantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildRunsBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/RebuildRunsBatch',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildRunsBatchRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildRunsBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffPopulation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/DiffPopulation',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.DiffPopulationRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.DiffPopulationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShadowStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/GetShadowStats',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.GetShadowStatsRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.GetShadowStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/GetFlag',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.GetFlagRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.GetFlagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFlags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/ListFlags',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.ListFlagsRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.ListFlagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/UpdateFlag',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.UpdateFlagRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.UpdateFlagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackFlag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/RollbackFlag',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,3 @@
+from potato_runs.cli import main
+
+main()

@@ -1,0 +1,229 @@
+"""What every potato-runs command shares: the Typer app, consoles, settings and
+one-line errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import urllib.parse
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from potato_runs.config import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Potato Runs: check-in facts and streak runs over gRPC.")
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+S = TypeVar("S")
+
+DsnOpt = typer.Option(None, "--dsn", help="PostgreSQL DSN (default: $POTATO_DSN, else embedded)")
+DataDirOpt = typer.Option(None, "--data-dir", help="Embedded PostgreSQL data directory")
+TargetOpt = typer.Option(None, "--target", help="host:port of a running server "
+                         "(default: $POTATO_TARGET or 127.0.0.1:50051)")
+
+
+class CliError(Exception):
+    """A failure explained by its message alone (exit 2, no traceback)."""
+
+
+def _check_dsn(dsn: str) -> None:
+    """Refuses a malformed DSN up front: asyncpg reports some (a bad port, a broken
+    IPv6 host) as bare ValueError/OverflowError. Messages never repeat the DSN, which
+    may hold a password."""
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError('the scheme must be "postgresql" or "postgres"')
+        if "," not in parts.netloc:   # one host (multi-host DSNs are left to asyncpg)
+            _ = parts.port            # ValueError unless a number in 0..65535
+    except ValueError as exc:
+        raise CliError(f"invalid DSN: {exc}") from exc
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings.from_env(**overrides)
+    except ValueError as exc:
+        raise CliError(f"invalid POTATO_* environment setting: {exc}") from exc
+    if settings.dsn is not None:
+        _check_dsn(settings.dsn)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):   # an OSError in 3.11, usually with no text
+        return "timed out"
+    return str(exc).strip() or type(exc).__name__
+
+
+def _describe(exc: Exception) -> str | None:
+    """The `error: ...` text for a failure an operator can act on; None for a bug."""
+    from potato_runs.domain.errors import DomainError
+    from potato_runs.observability import ObservabilityError
+
+    if isinstance(exc, asyncpg.PostgresError):   # e.g. 28P01 (login refused), 3D000 (no database)
+        return f"PostgreSQL refused ({exc.sqlstate}): {_reason(exc)}"
+    if isinstance(exc, asyncpg.InterfaceError):  # e.g. an invalid DSN
+        return f"cannot connect to PostgreSQL: {_reason(exc)}"
+    if isinstance(exc, OSError):                 # refused, unreachable, timed out
+        return f"cannot reach PostgreSQL: {_reason(exc)}"
+    if isinstance(exc, (CliError, DomainError, ObservabilityError, RuntimeError)):
+        # RuntimeError: EmbeddedPostgresError, MigrationError, "could not bind ..."
+        return _reason(exc)
+    return None
+
+
+def _error(message: str) -> None:
+    err_console.print("[red]error:[/red]", escape(message), soft_wrap=True, highlight=False)
+
+
+@contextlib.contextmanager
+def _plain_errors() -> Iterator[None]:
+    """Known failures print one `error: ...` message and exit 2 (no traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        message = _describe(exc)
+        if message is None:
+            raise
+        _error(message)
+        raise typer.Exit(2) from exc
+
+
+
+def _target(target: str | None) -> str:
+    return target or os.environ.get("POTATO_TARGET") or "127.0.0.1:50051"
+
+
+
+
+# --------------------------------------------------------------------------- gRPC calls
+TOKEN_ENV = "POTATO_ADMIN_TOKEN"
+STATUS_DETAILS = "grpc-status-details-bin"
+
+
+def admin_token(data_dir: Path | None = None) -> str | None:
+    """$POTATO_ADMIN_TOKEN, else `<data-dir>/admin.token` written by `serve` (embedded)."""
+    from potato_runs.admin_token import read_token
+    from potato_runs.storage.embedded import EmbeddedPostgresError, default_data_dir
+
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        return token.strip()
+    try:
+        return read_token(data_dir or Path(os.environ.get("POTATO_DATA_DIR") or default_data_dir()))
+    except (OSError, EmbeddedPostgresError):
+        return None
+
+
+def admin_metadata(data_dir: Path | None = None) -> tuple[tuple[str, str], ...]:
+    token = admin_token(data_dir)
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _violations(exc: grpc.RpcError) -> tuple[str | None, list[tuple[str, str]]]:
+    """ErrorInfo.reason and the BadRequest field violations of a failed call."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    trailers: Any = exc.trailing_metadata() or ()
+    raw = next((v for k, v in trailers if k == STATUS_DETAILS), None)
+    if raw is None:
+        return None, []
+    reason, out = None, []
+    for detail in status_pb2.Status.FromString(raw).details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out += [(v.field, v.description) for v in bad.field_violations]
+    return reason, out
+
+
+_HINTS = {
+    "TIME_ZONE_REQUIRED": "pass --tz with an IANA zone, e.g. --tz America/New_York",
+    "INVALID_TIME_ZONE": "use an IANA region name such as Europe/London, or UTC",
+    "DATE_IN_FUTURE": "dates are local dates in the user's zone; pass --tz if the user moved",
+    "CONTENTION": "the user's data was busy; run the command again",
+}
+
+
+def rpc_error_text(exc: grpc.RpcError, target: str) -> tuple[str, list[str], str | None]:
+    """(one line, the field violations, a hint) for a failed call."""
+    code = exc.code() if hasattr(exc, "code") else None
+    detail = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
+    name = code.name if code is not None else "ERROR"
+    reason, violations = _violations(exc)
+    hint: str | None = _HINTS.get(reason or "")
+    if code == grpc.StatusCode.UNAVAILABLE and reason is None:
+        detail = f"no server answers at {target}"
+        hint = "start `potato-runs serve`, or pass --target HOST:PORT (or set POTATO_TARGET)"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        hint = (f"set {TOKEN_ENV}, or run where the server's <data-dir>/admin.token is readable "
+                f"(--data-dir)")
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and reason is None:
+        hint = f"the server at {target} did not answer in time; check its health"
+    if violations:
+        detail = f"{len(violations)} invalid field(s)" if len(violations) > 1 else detail
+    lines = [f"{f}: {d}" for f, d in violations] if len(violations) > 1 else []
+    return f"{name}: {detail}", lines, hint
+
+
+def report_rpc_error(exc: grpc.RpcError, target: str, exit_code: int = 1) -> typer.Exit:
+    """Prints `error: CODE: detail`, each field violation, and a hint; returns the Exit."""
+    line, violations, hint = rpc_error_text(exc, target)
+    _error(line)
+    for v in violations:
+        err_console.print("  " + escape(v), soft_wrap=True, highlight=False)
+    if hint:
+        err_console.print("[dim]hint:[/dim] " + escape(hint), soft_wrap=True, highlight=False)
+    return typer.Exit(exit_code)
+
+
+def call(target: str | None, stub_factory: Callable[[grpc.Channel], S],
+         fn: Callable[[S], T], *, admin: bool = False, data_dir: Path | None = None,
+         exit_code: int = 1) -> T:
+    """One call over a fresh channel to a running server; a failure prints one error
+    line (plus field violations and a hint) and exits with `exit_code`."""
+    where = _target(target)
+    with grpc.insecure_channel(where) as channel:
+        stub: Any = stub_factory(channel)
+        if admin:
+            stub = _with_metadata(stub, admin_metadata(data_dir))
+        try:
+            return fn(stub)
+        except grpc.RpcError as exc:
+            raise report_rpc_error(exc, where, exit_code) from exc
+
+
+class _with_metadata:
+    """A stub whose every call carries `metadata` (e.g. the admin token)."""
+
+    def __init__(self, stub: Any, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+
+        def invoke(request: Any, **kw: Any) -> Any:
+            kw["metadata"] = tuple(kw.get("metadata") or ()) + self._metadata
+            return method(request, **kw)
+
+        return invoke
