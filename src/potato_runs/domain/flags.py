@@ -13,6 +13,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 BUCKETS = 10_000
 RUNS_V2 = "ff.potato.runs_v2"
@@ -84,3 +85,20 @@ def percent_to_basis_points(value: float) -> int | None:
     if abs(bp - value * 100) > 1e-6:
         return None
     return int(bp)
+
+
+class FlagEvaluator(Protocol):
+    """What the read paths ask: which variant a flag gives one user. Evaluations are
+    in memory (no database round trip)."""
+
+    def variant(self, flag: str, user_id: uuid.UUID) -> Variant: ...
+
+
+class StaticFlags:
+    """A FlagEvaluator over fixed states (tests, and tools that read no table)."""
+
+    def __init__(self, *states: FlagState) -> None:
+        self.states = {s.name: s for s in states}
+
+    def variant(self, flag: str, user_id: uuid.UUID) -> Variant:
+        return evaluate(self.states.get(flag), user_id)
