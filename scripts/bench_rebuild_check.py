@@ -55,9 +55,9 @@ async def timed(label: str, coro):  # type: ignore[no-untyped-def]
     return result
 
 
-async def run(dsn: str, users: int, checkins: int, batch: int) -> None:
-    conn = await asyncpg.connect(dsn)
-    await migrate(conn)
+async def seed_population(conn: asyncpg.Connection, users: int, checkins: int) -> None:
+    """USERS users with about CHECKINS streaky check-ins in total, and their runs
+    (set-based). Also used by bench_population_diff.py."""
     t0 = time.perf_counter()
     await conn.execute("INSERT INTO users (user_id, time_zone) SELECT gen_random_uuid(), "
                        "'America/New_York' FROM generate_series(1, $1)", users)
@@ -85,6 +85,12 @@ async def run(dsn: str, users: int, checkins: int, batch: int) -> None:
     n_c = await conn.fetchval("SELECT count(*) FROM daily_checkins")
     n_r = await conn.fetchval("SELECT count(*) FROM runs")
     print(f"seeded {users} users, {n_c} check-ins, {n_r} runs in {time.perf_counter() - t0:.1f} s")
+
+
+async def run(dsn: str, users: int, checkins: int, batch: int) -> None:
+    conn = await asyncpg.connect(dsn)
+    await migrate(conn)
+    await seed_population(conn, users, checkins)
     one = await conn.fetchval("SELECT user_id FROM users LIMIT 1")
     plan = await conn.fetch("EXPLAIN " + invariant_sql("CHECKIN_NOT_COVERED", True), one)
     print("one-user CHECKIN_NOT_COVERED plan:")

@@ -28,7 +28,7 @@ from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.migrate import ensure_database, migrate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from support import DEFAULT_NOW, ServerThread
+from support import DEFAULT_NOW, BearerInterceptor, ServerThread
 
 SEED_KEY = pytest.StashKey[object]()
 
@@ -125,8 +125,11 @@ def stub(channel: grpc.aio.Channel) -> runs_service_pb2_grpc.RunsServiceStub:
 
 
 @pytest.fixture
-def admin_stub(channel: grpc.aio.Channel) -> admin_service_pb2_grpc.AdminServiceStub:
-    return admin_service_pb2_grpc.AdminServiceStub(channel)
+async def admin_stub(server: ServerThread) -> AsyncIterator[admin_service_pb2_grpc.AdminServiceStub]:
+    """An AdminService stub whose calls carry the test server's admin token."""
+    async with grpc.aio.insecure_channel(server.target,
+                                         interceptors=[BearerInterceptor()]) as ch:
+        yield admin_service_pb2_grpc.AdminServiceStub(ch)
 
 
 @pytest.fixture

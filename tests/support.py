@@ -27,6 +27,23 @@ from potato_runs.storage.pool import create_pool
 T = TypeVar("T")
 
 DEFAULT_NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+ADMIN_TOKEN = "test-admin-token-0123456789"
+"""The AdminService token of the test server (ServerThread)."""
+ADMIN_METADATA = (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+
+
+class BearerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to every unary call of a channel."""
+
+    def __init__(self, token: str = ADMIN_TOKEN) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any,
+                                    request: Any) -> Any:
+        details = client_call_details._replace(
+            metadata=grpc.aio.Metadata(*(tuple(client_call_details.metadata or ()) +
+                                         self._metadata)))
+        return await continuation(details, request)
 
 
 class ServerThread:
@@ -44,7 +61,8 @@ class ServerThread:
         async def boot() -> App:
             pool = await create_pool(self.dsn, min_size=2, max_size=20)
             settings = Settings(host="127.0.0.1", port=0, dsn=self.dsn, grace_period=1.0,
-                                invariant_check_interval=0, health_probe_interval=0)
+                                invariant_check_interval=0, health_probe_interval=0,
+                                admin_token=ADMIN_TOKEN)
             return await build_app(settings, clock=self.clock,
                                    database=Database(dsn=self.dsn, pool=pool))
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from potato_runs.storage.embedded import default_data_dir
 
@@ -28,6 +28,11 @@ ENV_VARS: dict[str, str] = {
     "POTATO_OTEL_EXPORTER": "otel_exporter",
     "POTATO_OTEL_METRIC_INTERVAL": "otel_metric_interval",
     "POTATO_LOG_LEVEL": "log_level",
+    "POTATO_SHADOW_WORKERS": "shadow_workers",
+    "POTATO_SHADOW_QUEUE_SIZE": "shadow_queue_size",
+    "POTATO_SHADOW_MISMATCH_CAP": "shadow_mismatch_cap",
+    "POTATO_ADMIN_TOKEN": "admin_token",
+    "POTATO_FLAG_RELOAD_INTERVAL": "flag_reload_interval",
 }
 """Environment variable -> setting."""
 
@@ -57,6 +62,30 @@ class Settings(BaseModel):
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     """OpenTelemetry exporter (see observability.py)."""
     otel_metric_interval: float = Field(default=60.0, gt=0)
+    shadow_workers: int = Field(default=4, ge=1, le=64)
+    """Concurrent online shadow comparisons (each may hold one connection of its own pool)."""
+    shadow_queue_size: int = Field(default=1000, ge=1)
+    """Comparisons waiting for a worker; beyond that they are dropped and counted."""
+    shadow_mismatch_cap: int = Field(default=10_000, ge=1)
+    """Most rows kept in shadow_mismatches (the oldest beyond it are deleted)."""
+    admin_token: SecretStr | None = None
+    """The AdminService bearer token (printable ASCII, no spaces, 16+ characters).
+    Secret: never logged nor shown (SecretStr). Unset on the embedded default, serve
+    keeps one in <data-dir>/admin.token; with a DSN it is required."""
+    flag_reload_interval: float = Field(default=5.0, gt=0)
+    """Seconds between full reloads of the feature flags (LISTEN/NOTIFY is the fast path)."""
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        """Printable ASCII without spaces (it travels in a header), 16 to 512 characters.
+        The message never repeats the token."""
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        if not 16 <= len(token) <= 512 or not all("!" <= c <= "~" for c in token):
+            raise ValueError("must be 16 to 512 printable ASCII characters without spaces")
+        return value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -374,8 +375,14 @@ def named_commands() -> list[tuple[str, str, frozenset[str]]]:
 def cli_options() -> dict[str, set[str]]:
     group = typer.main.get_command(cli_app)
     commands = getattr(group, "commands", {})
-    return {name: {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}
-            for name, cmd in commands.items()}
+
+    def options(cmd: Any) -> set[str]:
+        # A group (e.g. `flags`, `shadow`): the options of any of its subcommands.
+        subs = getattr(cmd, "commands", {}).values()
+        return {opt for p in cmd.params for opt in (*p.opts, *p.secondary_opts)}.union(
+            *(options(sub) for sub in subs))
+
+    return {name: options(cmd) for name, cmd in commands.items()}
 
 
 def test_docs_name_cli_commands() -> None:

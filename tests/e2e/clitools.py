@@ -13,15 +13,18 @@ from pathlib import Path
 EXE = str(Path(sys.executable).parent / "potato-runs")
 ENV = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", "POTATO_INVARIANT_CHECK_INTERVAL": "0"}
 ENV.pop("POTATO_DSN", None)
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
+ENV["POTATO_ADMIN_TOKEN"] = ADMIN_TOKEN   # `serve --dsn` requires one; the CLI sends it
 
 
-def start(data_dir: Path | None = None, *args: str) -> tuple[subprocess.Popen[str], str]:
+def start(data_dir: Path | None = None, *args: str,
+          env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
     """Starts `serve --port 0` and returns it with its host:port, once it serves."""
     cmd = [EXE, "serve", "--port", "0", *args]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=env or ENV)
     assert proc.stdout is not None
     line = proc.stdout.readline()   # blocks until the server prints its address (or dies)
     assert "serving on" in line, (line, proc.stderr.read() if proc.stderr else "")

@@ -53,9 +53,9 @@ def test_operator_commands_against_the_embedded_cluster(data_dir: Path) -> None:
     assert "applied" in res.stdout
     res = cli("migrate", "--data-dir", str(data_dir))
     assert "up to date" in res.stdout
-    res = cli("check", "--data-dir", str(data_dir), "--json")
+    res = cli("check", "--offline", "--data-dir", str(data_dir), "--json")
     assert '"ok": true' in res.stdout
-    res = cli("rebuild", "--all", "--data-dir", str(data_dir), "--json")
+    res = cli("rebuild", "--all", "--offline", "--data-dir", str(data_dir), "--json")
     assert '"users_scanned": 0' in res.stdout
 
 

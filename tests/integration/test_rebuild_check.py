@@ -55,7 +55,7 @@ from potato_runs.storage.migrate import ensure_database, migrate
 from potato_runs.storage.pool import create_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support import DEFAULT_NOW, OneConnectionPool, ServerThread, rich_status
+from support import DEFAULT_NOW, BearerInterceptor, OneConnectionPool, ServerThread, rich_status
 
 from .helpers import checkin_dates as facts_of
 from .helpers import stored_rows as runs_full
@@ -145,7 +145,8 @@ async def on_server(server: ServerThread, coro: Coroutine[Any, Any, T]) -> T:
 
 @pytest.fixture
 async def admin_stub(scratch_server: ServerThread) -> AsyncIterator[AdminServiceStub]:
-    async with grpc.aio.insecure_channel(scratch_server.target) as ch:
+    async with grpc.aio.insecure_channel(scratch_server.target,
+                                         interceptors=[BearerInterceptor()]) as ch:
         yield AdminServiceStub(ch)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -16,18 +17,61 @@ import grpc
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from potato_runs.config import Settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Potato Runs: check-in facts and streak runs over gRPC.")
-console = Console()
-err_console = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """The console policy of every command: rich never hard-wraps a sentence (a long
+    UUID or word stays whole: a terminal folds the line itself, a pipe gets one line),
+    and output that is not a terminal is not cut at 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else 10_000
+    return Console(stderr=stderr, soft_wrap=True, width=width)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+
+def table(title: str | None, *columns: str, right: tuple[str, ...] = ()) -> Table:
+    """A table whose cells never wrap (UUIDs, dates and words stay whole)."""
+    t = Table(title=title, title_justify="left")
+    for col in columns:
+        t.add_column(col, no_wrap=True, overflow="ignore",
+                     justify="right" if col in right else "left")
+    return t
+
+
+def show(renderable: Table) -> None:
+    """Prints a table at its natural width, wider than a narrow terminal rather than
+    wrapped or cropped (the terminal folds the long lines)."""
+    need = console.measure(renderable, options=console.options.update_width(10_000)).maximum
+    if need <= console.width:
+        console.print(renderable)
+        return
+    wide = Console(file=console.file, width=need, soft_wrap=True,
+                   force_terminal=console.is_terminal, no_color=console.no_color,
+                   color_system=console.color_system)  # type: ignore[arg-type]
+    wide.print(renderable, crop=False)
 T = TypeVar("T")
 S = TypeVar("S")
 
 DsnOpt = typer.Option(None, "--dsn", help="PostgreSQL DSN (default: $POTATO_DSN, else embedded)")
 DataDirOpt = typer.Option(None, "--data-dir", help="Embedded PostgreSQL data directory")
+AdminDataDirOpt = typer.Option(
+    None, "--data-dir", help="The server's data directory: its admin.token authenticates the "
+    "call (default: $POTATO_DATA_DIR, else the embedded default); with --offline, the "
+    "embedded cluster to open")
+OfflineDsnOpt = typer.Option(
+    None, "--dsn", help="Work offline on this PostgreSQL instead of asking the server")
+OfflineOpt = typer.Option(
+    False, "--offline", help="Work on the database directly (--dsn, $POTATO_DSN, or the "
+    "embedded cluster in --data-dir) instead of asking a running server")
 TargetOpt = typer.Option(None, "--target", help="host:port of a running server "
                          "(default: $POTATO_TARGET or 127.0.0.1:50051)")
 
@@ -96,6 +140,8 @@ def _plain_errors() -> Iterator[None]:
     """Known failures print one `error: ...` message and exit 2 (no traceback)."""
     try:
         yield
+    except typer.Exit:   # a RuntimeError too: already reported (e.g. by call())
+        raise
     except Exception as exc:
         message = _describe(exc)
         if message is None:

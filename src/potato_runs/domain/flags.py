@@ -61,20 +61,39 @@ SHADOW_SALT = "#shadow"
 """The shadow sample uses its own hash, so it is independent of the rollout."""
 
 
-def evaluate(flag: FlagState | None, user_id: uuid.UUID) -> Variant:
-    """The variant of one user. An unknown flag, like a disabled one, is legacy."""
-    if flag is None or not flag.enabled:
-        return Variant.LEGACY
+class Rule(StrEnum):
+    """Which rule decided a user's variant (the OpenFeature provider reports it)."""
+
+    UNKNOWN = "unknown"      # no such flag: legacy
+    DISABLED = "disabled"    # kill switch: legacy
+    DENY = "deny"            # in deny_user_ids: legacy
+    ALLOW = "allow"          # in allow_user_ids: v2
+    ROLLOUT = "rollout"      # bucket below rollout: v2
+    SHADOW = "shadow"        # shadow bucket below shadow: shadow
+    DEFAULT = "default"      # none of the above: legacy
+
+
+def resolve(flag: FlagState | None, user_id: uuid.UUID) -> tuple[Variant, Rule]:
+    """The variant of one user and the rule that chose it."""
+    if flag is None:
+        return Variant.LEGACY, Rule.UNKNOWN
+    if not flag.enabled:
+        return Variant.LEGACY, Rule.DISABLED
     if user_id in flag.deny_user_ids:
-        return Variant.LEGACY
+        return Variant.LEGACY, Rule.DENY
     if user_id in flag.allow_user_ids:
-        return Variant.V2
+        return Variant.V2, Rule.ALLOW
     if flag.rollout_basis_points and bucket(flag.name, user_id) < flag.rollout_basis_points:
-        return Variant.V2
+        return Variant.V2, Rule.ROLLOUT
     if flag.shadow_basis_points and (
             bucket(flag.name, user_id, SHADOW_SALT) < flag.shadow_basis_points):
-        return Variant.SHADOW
-    return Variant.LEGACY
+        return Variant.SHADOW, Rule.SHADOW
+    return Variant.LEGACY, Rule.DEFAULT
+
+
+def evaluate(flag: FlagState | None, user_id: uuid.UUID) -> Variant:
+    """The variant of one user. An unknown flag, like a disabled one, is legacy."""
+    return resolve(flag, user_id)[0]
 
 
 def percent_to_basis_points(value: float) -> int | None:

@@ -12,7 +12,7 @@ import zoneinfo
 from functools import lru_cache
 
 from potato_runs.domain.errors import Reason, ValidationCollector
-from potato_runs.domain.model import LAUNCH_DATE
+from potato_runs.domain.model import LAUNCH_DATE, Run
 
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -124,14 +124,26 @@ def is_current(end_date: dt.date, today: dt.date) -> bool:
     return end_date >= today - dt.timedelta(days=1)
 
 
-def page_size(requested: int, errors: ValidationCollector) -> int:
-    """AIP-158: 0 means the default, above the maximum is capped, negative is invalid."""
+def current_streak(run: Run | None, zone: str | None, now: dt.datetime) -> tuple[bool, int]:
+    """(current, current_streak_days) of a user's active run: its day_count while it
+    is current in the user's zone (is_current), else 0. No run or no zone: (False, 0).
+    The one home of the rule behind v2's GetActiveRun and every v1 read."""
+    if run is None or zone is None:
+        return False, 0
+    current = is_current(run.end_date, today_in(now, zone))
+    return current, run.day_count if current else 0
+
+
+def page_size(requested: int, errors: ValidationCollector, *, default: int = DEFAULT_PAGE_SIZE,
+              maximum: int = MAX_PAGE_SIZE, field: str = "page_size") -> int:
+    """AIP-158: 0 means the default, above the maximum is capped, negative is invalid.
+    (v1's ListRuns `limit` follows the same rule with its own default and maximum.)"""
     if requested < 0:
-        errors.add("page_size", Reason.INVALID_PAGE_SIZE, "page_size must not be negative")
-        return DEFAULT_PAGE_SIZE
+        errors.add(field, Reason.INVALID_PAGE_SIZE, f"{field} must not be negative")
+        return default
     if requested == 0:
-        return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
+        return default
+    return min(requested, maximum)
 
 
 def encode_page_token(user_id: uuid.UUID, before_end_date: dt.date) -> str:
@@ -157,4 +169,31 @@ def decode_page_token(token: str, user_id: uuid.UUID, errors: ValidationCollecto
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         errors.add("page_token", Reason.INVALID_PAGE_TOKEN,
                    "page_token is not a token returned for this user_id")
+        return None
+
+
+def encode_user_cursor(user_id: uuid.UUID) -> str:
+    """An opaque page token for batches of users in user_id order (the last user seen)."""
+    payload = json.dumps({"v": 1, "a": str(user_id)}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_user_cursor(token: str, errors: ValidationCollector) -> uuid.UUID | None:
+    """The last user of the previous batch, or None (empty token: start at the first
+    user); a token this service did not return records INVALID_PAGE_TOKEN."""
+    if not token:
+        return None
+    try:
+        if len(token) > MAX_PAGE_TOKEN_LENGTH:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("v") != 1 or not isinstance(data.get("a"), str):
+            raise ValueError("not a user cursor")
+        if not _UUID_RE.match(data["a"]):
+            raise ValueError("not a UUID")
+        return uuid.UUID(data["a"])
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        errors.add("page_token", Reason.INVALID_PAGE_TOKEN,
+                   "page_token is not a token returned by a previous call")
         return None

@@ -1,4 +1,5 @@
-"""Operator use cases: rebuild (one user or all) and invariant checks."""
+"""Operator use cases: rebuild (one user or all), invariant checks, the population diff
+and the online shadow statistics."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from potato_runs.clock import Clock
+from potato_runs.deadline import Deadline
 from potato_runs.domain.errors import DomainError, Reason, ValidationCollector
+from potato_runs.domain.rollout import SHADOW_WINDOW_HOURS, DiffBatch, PopulationDiff, ShadowStats
 from potato_runs.domain.runs import RebuildPlan
 from potato_runs.service.telemetry import Telemetry
 from potato_runs.storage.admin_repo import AdminRepository, Violation
+
+BATCH_TIMEOUT = 600.0
+"""Seconds one batch of an offline loop (rebuild_all, diff_population) may take."""
+USER_REBUILD_TIMEOUT = 60.0
+"""Seconds one user's rebuild may take within a batch."""
 
 
 @dataclass
@@ -28,6 +36,31 @@ class RebuildAllReport:
     drifted: list[uuid.UUID] = field(default_factory=list)
     failed: list[tuple[uuid.UUID, str]] = field(default_factory=list)
     """Users whose rebuild failed (e.g. their lock was busy); the run went on."""
+
+    def add(self, step: RebuildBatch) -> None:
+        self.users_scanned += step.users_scanned
+        self.failed.extend(step.failed)
+        for user_id, plan in step.drifted:
+            self.users_drifted += 1
+            self.drifted.append(user_id)
+            self.runs_added += len(plan.diff.added)
+            self.runs_removed += len(plan.diff.removed)
+            self.runs_changed += len(plan.diff.changed)
+            if not self.dry_run:
+                self.users_rebuilt += 1
+
+
+@dataclass(frozen=True)
+class RebuildBatch:
+    """One batch of a rebuild over everyone (user_id order)."""
+
+    users_scanned: int
+    last_user: uuid.UUID | None
+    """The cursor for the next batch; None when the batch was empty."""
+    drifted: tuple[tuple[uuid.UUID, RebuildPlan], ...]
+    """Users whose runs differed from the facts, with what was (or would be) changed."""
+    failed: tuple[tuple[uuid.UUID, str], ...]
+    """Users that could not be rebuilt (e.g. their lock stayed busy)."""
 
 
 class AdminService:
@@ -50,42 +83,83 @@ class AdminService:
             self._telemetry.record_rebuild(plan)
         return plan
 
+    async def rebuild_batch(self, after: uuid.UUID | None, batch: int, *, dry_run: bool = False,
+                            force: bool = False, timeout: float = 300.0,
+                            request_id: str | None = None) -> RebuildBatch:
+        """One batch of users after `after` (user_id order): set-based drift detection,
+        then one short locked transaction per drifted user (users are never locked
+        together). With force, every user of the batch is replayed, drifted or not.
+        A user that cannot be rebuilt (e.g. its lock stays busy) is listed in `failed`
+        and the batch goes on; running out of `timeout` fails the whole batch."""
+        budget = Deadline.after(timeout)
+        if force:
+            users = await self._repo.user_ids(after, batch, timeout=budget.timeout())
+            last, size, todo = (users[-1] if users else None), len(users), users
+        else:
+            last, size, todo = await self._repo.drifted_users(after, batch,
+                                                              timeout=budget.timeout())
+        drifted: list[tuple[uuid.UUID, RebuildPlan]] = []
+        failed: list[tuple[uuid.UUID, str]] = []
+        for user_id in todo:
+            left = budget.timeout()   # out of time: the batch fails (retry it; rebuilds are idempotent)
+            try:
+                plan = await self.rebuild_user(user_id, None, None, dry_run, request_id,
+                                               min(USER_REBUILD_TIMEOUT, left))
+            except DomainError as exc:   # one user's failure does not stop the batch
+                if exc.reason is Reason.DEADLINE_EXCEEDED and budget.remaining() <= 0:
+                    raise
+                failed.append((user_id, str(exc)))
+                continue
+            if not plan.diff.empty:
+                drifted.append((user_id, plan))
+        return RebuildBatch(users_scanned=size, last_user=last, drifted=tuple(drifted),
+                            failed=tuple(failed))
+
     async def rebuild_all(self, *, batch: int = 500, dry_run: bool = False, force: bool = False,
                           progress: Callable[[int, int], None] | None = None) -> RebuildAllReport:
-        """Set-based drift detection per batch of users, then one short locked
-        transaction per drifted user (users are never locked together).
-        With force, every user is replayed, drifted or not."""
+        """rebuild_batch over every user, batch after batch."""
         report = RebuildAllReport(dry_run=dry_run)
         started = time.perf_counter()
         after: uuid.UUID | None = None   # no cursor yet: the nil UUID is a user id too
         while True:
-            if force:
-                users = await self._repo.user_ids(after, batch)
-                last, size, todo = (users[-1] if users else None), len(users), users
-            else:
-                last, size, todo = await self._repo.drifted_users(after, batch)
-            if size == 0 or last is None:
+            step = await self.rebuild_batch(after, batch, dry_run=dry_run, force=force,
+                                            timeout=BATCH_TIMEOUT)
+            if step.users_scanned == 0 or step.last_user is None:
                 break
-            report.users_scanned += size
-            for user_id in todo:
-                try:
-                    plan = await self.rebuild_user(user_id, None, None, dry_run)
-                except DomainError as exc:   # one user's failure does not stop the run
-                    report.failed.append((user_id, str(exc)))
-                    continue
-                if not plan.diff.empty:
-                    report.users_drifted += 1
-                    report.drifted.append(user_id)
-                    report.runs_added += len(plan.diff.added)
-                    report.runs_removed += len(plan.diff.removed)
-                    report.runs_changed += len(plan.diff.changed)
-                    if not dry_run:
-                        report.users_rebuilt += 1
+            report.add(step)
             if progress:
-                progress(size, report.users_drifted)
-            after = last
+                progress(step.users_scanned, report.users_drifted)
+            after = step.last_user
         report.seconds = time.perf_counter() - started
         return report
+
+    async def diff_batch(self, after: uuid.UUID | None, batch: int,
+                         timeout: float = 300.0) -> DiffBatch:
+        """The population diff (legacy vs projection) of one batch of users, with the
+        current streaks compared at the service clock's now."""
+        return await self._repo.diff_batch(after, batch, self._clock.now(), timeout=timeout)
+
+    async def diff_population(self, *, batch: int = 1000, sample: int | None = None,
+                              progress: Callable[[DiffBatch], None] | None = None
+                              ) -> PopulationDiff:
+        """diff_batch over every user, or the first `sample` users in user_id order."""
+        result = PopulationDiff(sample=sample)
+        after: uuid.UUID | None = None
+        while sample is None or result.users_scanned < sample:
+            size = batch if sample is None else min(batch, sample - result.users_scanned)
+            step = await self.diff_batch(after, size, timeout=BATCH_TIMEOUT)
+            if step.users_scanned == 0 or step.last_user is None:
+                break
+            result.add(step)
+            if progress:
+                progress(step)
+            after = step.last_user
+        return result
+
+    async def shadow_stats(self, flag: str, window_hours: int = SHADOW_WINDOW_HOURS,
+                           timeout: float = 30.0) -> ShadowStats:
+        return await self._repo.shadow_stats(flag, window_hours, self._clock.now(),
+                                             timeout=timeout)
 
     async def check(self, user_id: uuid.UUID | None, limit: int = 1000,
                     timeout: float = 600.0) -> tuple[list[Violation], bool]:
@@ -93,5 +167,5 @@ class AdminService:
         self._telemetry.record_violations(len(violations))
         return violations, truncated
 
-    async def count_users(self) -> int:
-        return await self._repo.count_users()
+    async def count_users(self, timeout: float = 60.0) -> int:
+        return await self._repo.count_users(timeout=timeout)

@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 
 from potato_runs.deadline import Deadline
+from potato_runs.domain.errors import FieldViolation
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ class BackfillDays:
     local_dates: tuple[dt.date, ...]
     time_zone: str | None
     source: str = ""
+    date_fields: tuple[str, ...] = ()
+    """The request field of each date (e.g. "local_dates[3]"); default: its position."""
+    violations: tuple[FieldViolation, ...] = ()
+    """What parsing found wrong (e.g. malformed dates): the use case reports them
+    together with its own checks (dates in the future), in one error."""
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,17 @@ import uuid
 
 from potato_runs.clock import Clock
 from potato_runs.domain import rules
-from potato_runs.domain.errors import ValidationCollector
+from potato_runs.domain.errors import FieldViolation, ValidationCollector
 from potato_runs.domain.model import ActiveRun, BackfillResult, MarkResult, RunPage, UnmarkResult
 from potato_runs.service.commands import BackfillDays, CallContext, ListRuns, MarkDay, UnmarkDay
 from potato_runs.service.telemetry import Telemetry
 from potato_runs.storage.runs_repo import RunsRepository
+
+
+def _request_order(v: FieldViolation) -> int:
+    """Field violations of a backfill in request order: other fields, then local_dates[i]."""
+    head, _, rest = v.field.partition("[")
+    return int(rest.rstrip("]")) if head == "local_dates" and rest[:-1].isdigit() else -1
 
 
 class RunsService:
@@ -56,8 +62,11 @@ class RunsService:
         # report every bad date at once (the database re-checks under the lock).
         zone = cmd.time_zone or await self._repo.get_zone(cmd.user_id, ctx.deadline)
         today = rules.today_in(now, zone) if zone is not None else None
-        for i, d in enumerate(cmd.local_dates):
-            rules.check_markable(d, today, errors, f"local_dates[{i}]")
+        fields = cmd.date_fields or tuple(f"local_dates[{i}]" for i in range(len(cmd.local_dates)))
+        for field, d in zip(fields, cmd.local_dates, strict=True):
+            rules.check_markable(d, today, errors, field)
+        # With what parsing found (malformed dates...), in request order: one error for all.
+        errors.violations = sorted([*cmd.violations, *errors.violations], key=_request_order)
         errors.raise_if_any()
         with self._telemetry.write_span("BackfillDays", cmd.user_id):
             result = await self._repo.backfill_days(cmd.user_id, cmd.local_dates, cmd.time_zone,
@@ -67,11 +76,9 @@ class RunsService:
 
     async def get_active_run(self, user_id: uuid.UUID, ctx: CallContext) -> ActiveRun:
         zone, run = await self._repo.get_active(user_id, ctx.deadline)
-        if run is None or zone is None:
-            return ActiveRun(run=run, current=False, current_streak_days=0, time_zone=zone or "")
-        current = rules.is_current(run.end_date, rules.today_in(self._clock.now(), zone))
-        return ActiveRun(run=run, current=current,
-                         current_streak_days=run.day_count if current else 0, time_zone=zone)
+        current, streak = rules.current_streak(run, zone, self._clock.now())
+        return ActiveRun(run=run, current=current, current_streak_days=streak,
+                         time_zone=zone or "")
 
     async def list_runs(self, cmd: ListRuns, ctx: CallContext) -> RunPage:
         rows = await self._repo.list_runs(cmd.user_id, cmd.before_end_date, cmd.page_size + 1,

@@ -29,6 +29,10 @@ class Telemetry:
         self._violations = meter.create_histogram(
             "potato.runs.invariant_violations", unit="{violation}",
             description="Violations found by one invariant check")
+        self._shadow = meter.create_counter(
+            "potato.shadow.comparisons", unit="{comparison}",
+            description="Online shadow comparisons of legacy and projection answers, by "
+                        "flag, method and result (match, mismatch, dropped, error)")
 
     @contextmanager
     def write_span(self, operation: str, user_id: uuid.UUID) -> Iterator[None]:
@@ -58,3 +62,6 @@ class Telemetry:
 
     def record_violations(self, count: int) -> None:
         self._violations.record(count)
+
+    def record_shadow(self, flag: str, method: str, result: str) -> None:
+        self._shadow.add(1, {"flag": flag, "method": method, "result": result})

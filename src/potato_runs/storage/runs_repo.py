@@ -5,29 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import random
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
 
 from potato_runs.deadline import Deadline
 from potato_runs.domain.model import BackfillResult, Change, MarkResult, Run, UnmarkResult
-from potato_runs.storage.errors import DB_FAILURES, RETRYABLE_SQLSTATES, map_db_error
+from potato_runs.storage import db_call
+from potato_runs.storage.db_call import RetryPolicy
+from potato_runs.storage.errors import map_db_error
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounded, jittered retries for 40001 and 40P01 only."""
-
-    attempts: int = 3
-    base_delay: float = 0.01
-    max_delay: float = 0.2
 
 
 def _ts(value: Any) -> dt.datetime | None:
@@ -93,20 +84,7 @@ class RunsRepository:
     async def _run(self, deadline: Deadline, date_field: str,
                    op: Callable[[asyncpg.Connection, float], Awaitable[T]],
                    zone_given: bool = False) -> T:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self._pool.acquire(timeout=deadline.timeout()) as conn:
-                    return await op(conn, deadline.timeout())
-            except DB_FAILURES as exc:
-                if (isinstance(exc, asyncpg.PostgresError)
-                        and exc.sqlstate in RETRYABLE_SQLSTATES
-                        and attempt < self._retry.attempts):
-                    delay = min(self._retry.max_delay, self._retry.base_delay * 2 ** attempt)
-                    await asyncio.sleep(random.uniform(0, delay))
-                    continue
-                raise map_db_error(exc, date_field, zone_given) from exc
+        return await db_call.call(self._pool, self._retry, deadline, date_field, op, zone_given)
 
     async def mark_day(self, user_id: uuid.UUID, local_date: dt.date | None,
                        mark_time: dt.datetime | None, time_zone: str | None, source: str,

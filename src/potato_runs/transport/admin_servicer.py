@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -9,17 +10,36 @@ import grpc
 from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc
 from potato_runs.domain import rules
 from potato_runs.domain.errors import Reason, ValidationCollector
+from potato_runs.domain.rollout import SHADOW_WINDOW_HOURS
 from potato_runs.service.admin_service import AdminService
-from potato_runs.transport import convert
+from potato_runs.service.flags import FlagService
+from potato_runs.transport import convert, flags_convert
 from potato_runs.transport.status import maps_errors
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 MAX_CHECK_LIMIT = 10_000
+MAX_BATCH_SIZE = 10_000
+DEFAULT_REBUILD_BATCH = 500
+DEFAULT_DIFF_BATCH = 1000
+BATCH_DEFAULT_TIMEOUT = 120.0
+"""Seconds a batch call may take when the client set no deadline (batches are long)."""
+BATCH_MAX_TIMEOUT = 600.0
+"""Cap on the deadline honoured for a batch call (the admin pool's command timeout)."""
+MAX_WINDOW_HOURS = 24 * 90
+_FLAG_NAME = re.compile(r"^ff\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+
+def _batch_size(value: int, default: int, errors: ValidationCollector) -> int:
+    if value < 0:
+        errors.add("page_size", Reason.INVALID_PAGE_SIZE, "page_size must not be negative")
+    return min(value or default, MAX_BATCH_SIZE)
 
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
-    def __init__(self, service: AdminService, default_timeout: float, max_timeout: float) -> None:
+    def __init__(self, service: AdminService, default_timeout: float, max_timeout: float,
+                 *, flags: FlagService) -> None:
         self._service = service
+        self._flags = flags
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
 
@@ -55,10 +75,116 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             errors.add("limit", Reason.INVALID_VALUE, "limit must not be negative")
         errors.raise_if_any()
         limit = min(request.limit or 1000, MAX_CHECK_LIMIT)
-        ctx = convert.call_context(context, self._default_timeout, self._max_timeout)
+        # A check of everyone is a long call: the batch deadline limits apply.
+        ctx = (convert.call_context(context, self._default_timeout, self._max_timeout) if user_id
+               else convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT))
         violations, truncated = await self._service.check(user_id, limit,
                                                           timeout=ctx.deadline.timeout())
         return admin_service_pb2.CheckInvariantsResponse(
             violations=[admin_service_pb2.InvariantViolation(
                 code=v.code, user_id=str(v.user_id), detail=v.detail) for v in violations],
             truncated=truncated)
+
+    @maps_errors
+    async def RebuildRunsBatch(self, request: admin_service_pb2.RebuildRunsBatchRequest,
+                               context: Ctx) -> admin_service_pb2.RebuildRunsBatchResponse:
+        errors = ValidationCollector()
+        size = _batch_size(request.page_size, DEFAULT_REBUILD_BATCH, errors)
+        after = rules.decode_user_cursor(request.page_token, errors)
+        errors.raise_if_any()
+        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
+        total = (await self._service.count_users(ctx.deadline.timeout())
+                 if not request.page_token else 0)
+        step = await self._service.rebuild_batch(after, size, dry_run=request.dry_run,
+                                                 force=request.force,
+                                                 timeout=ctx.deadline.timeout(),
+                                                 request_id=ctx.request_id)
+        return admin_service_pb2.RebuildRunsBatchResponse(
+            users_scanned=step.users_scanned,
+            drifted_users=[admin_service_pb2.RebuiltUser(
+                user_id=str(u), runs_added=len(p.diff.added), runs_removed=len(p.diff.removed),
+                runs_changed=len(p.diff.changed)) for u, p in step.drifted],
+            failed_users=[admin_service_pb2.FailedUser(user_id=str(u), error=e)
+                          for u, e in step.failed],
+            next_page_token=(rules.encode_user_cursor(step.last_user)
+                             if step.last_user is not None and step.users_scanned == size else ""),
+            total_users=total)
+
+    @maps_errors
+    async def DiffPopulation(self, request: admin_service_pb2.DiffPopulationRequest,
+                             context: Ctx) -> admin_service_pb2.DiffPopulationResponse:
+        errors = ValidationCollector()
+        size = _batch_size(request.page_size, DEFAULT_DIFF_BATCH, errors)
+        after = rules.decode_user_cursor(request.page_token, errors)
+        errors.raise_if_any()
+        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
+        total = (await self._service.count_users(ctx.deadline.timeout())
+                 if not request.page_token else 0)
+        step = await self._service.diff_batch(after, size, timeout=ctx.deadline.timeout())
+        return admin_service_pb2.DiffPopulationResponse(
+            users_scanned=step.users_scanned, users_different=step.users_different,
+            classes=[admin_service_pb2.DiffClassCount(
+                difference_class=c.name, users=c.users,
+                example_user_ids=[str(u) for u in c.examples]) for c in step.classes],
+            checkins_scanned=step.checkins_scanned,
+            next_page_token=(rules.encode_user_cursor(step.last_user)
+                             if step.last_user is not None and step.users_scanned == size else ""),
+            total_users=total)
+
+    @maps_errors
+    async def GetShadowStats(self, request: admin_service_pb2.GetShadowStatsRequest,
+                             context: Ctx) -> admin_service_pb2.GetShadowStatsResponse:
+        errors = ValidationCollector()
+        if not request.flag:
+            errors.add("flag", Reason.MISSING_FIELD, "flag is required, e.g. ff.potato.runs_v2")
+        elif not _FLAG_NAME.match(request.flag):
+            errors.add("flag", Reason.INVALID_VALUE,
+                       f"{rules.echo(request.flag)} is not a flag name such as ff.potato.runs_v2")
+        if request.window_hours < 0 or request.window_hours > MAX_WINDOW_HOURS:
+            errors.add("window_hours", Reason.INVALID_VALUE,
+                       f"window_hours must be between 0 (24) and {MAX_WINDOW_HOURS}")
+        errors.raise_if_any()
+        ctx = convert.call_context(context, self._default_timeout, self._max_timeout)
+        stats = await self._service.shadow_stats(request.flag,
+                                                 request.window_hours or SHADOW_WINDOW_HOURS,
+                                                 timeout=ctx.deadline.timeout())
+        return admin_service_pb2.GetShadowStatsResponse(
+            stats=[admin_service_pb2.ShadowStat(method=m, result=r, count=n)
+                   for (m, r), n in sorted(stats.counts.items())],
+            stored_mismatches=stats.stored_mismatches)
+
+    # -- feature flags (AIP-131/132/134) ------------------------------------------
+    @maps_errors
+    async def GetFlag(self, request: admin_service_pb2.GetFlagRequest,
+                      context: Ctx) -> admin_service_pb2.GetFlagResponse:
+        ctx = convert.call_context(context, self._default_timeout, self._max_timeout)
+        flag = await self._flags.get(request.name, ctx.deadline.timeout())
+        return admin_service_pb2.GetFlagResponse(flag=flags_convert.flag_to_proto(flag))
+
+    @maps_errors
+    async def ListFlags(self, request: admin_service_pb2.ListFlagsRequest,
+                        context: Ctx) -> admin_service_pb2.ListFlagsResponse:
+        ctx = convert.call_context(context, self._default_timeout, self._max_timeout)
+        flags = await self._flags.list(ctx.deadline.timeout())
+        return admin_service_pb2.ListFlagsResponse(
+            flags=[flags_convert.flag_to_proto(f) for f in flags])
+
+    @maps_errors
+    async def UpdateFlag(self, request: admin_service_pb2.UpdateFlagRequest,
+                         context: Ctx) -> admin_service_pb2.UpdateFlagResponse:
+        errors = ValidationCollector()
+        update = flags_convert.update_from_proto(request, errors)
+        ctx = convert.call_context(context, self._default_timeout, self._max_timeout)
+        flag = await self._flags.update(
+            request.flag.name, update, actor=flags_convert.actor(context),
+            reason=request.reason, timeout=ctx.deadline.timeout(), errors=errors)
+        return admin_service_pb2.UpdateFlagResponse(flag=flags_convert.flag_to_proto(flag))
+
+    @maps_errors
+    async def RollbackFlag(self, request: admin_service_pb2.RollbackFlagRequest,
+                           context: Ctx) -> admin_service_pb2.RollbackFlagResponse:
+        ctx = convert.call_context(context, self._default_timeout, self._max_timeout)
+        flag = await self._flags.rollback(
+            request.name, actor=flags_convert.actor(context), reason=request.reason,
+            timeout=ctx.deadline.timeout())
+        return admin_service_pb2.RollbackFlagResponse(flag=flags_convert.flag_to_proto(flag))

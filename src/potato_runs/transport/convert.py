@@ -126,6 +126,7 @@ def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.Backfil
     user_id = rules.parse_user_id(req.user_id, errors)
     zone = _zone(req, errors)
     dates: list[dt.date] = []
+    fields: list[str] = []
     if not req.local_dates:
         errors.add("local_dates", Reason.MISSING_FIELD, "at least one date is required")
     elif len(req.local_dates) > MAX_BACKFILL_DATES:
@@ -136,11 +137,16 @@ def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.Backfil
             d = rules.parse_date(raw, errors, f"local_dates[{i}]")
             if d is not None:
                 dates.append(d)
+                fields.append(f"local_dates[{i}]")
     source = _source(req.source, errors)
-    errors.raise_if_any()
+    if user_id is None or (req.HasField("time_zone") and zone is None):
+        errors.raise_if_any()   # without the user or the zone no date can be judged further
     assert user_id is not None
+    # Other violations go with the command: the use case adds the dates in the future
+    # and reports everything in one error.
     return commands.BackfillDays(user_id=user_id, local_dates=tuple(dates), time_zone=zone,
-                                 source=source)
+                                 source=source, date_fields=tuple(fields),
+                                 violations=tuple(errors.violations))
 
 
 def user_id_only(value: str) -> uuid.UUID:

@@ -1,0 +1,49 @@
+"""One database call under a Deadline: pool acquire and statement bounded by it,
+bounded jittered retries of 40001/40P01, and every failure mapped to a DomainError
+(storage/errors.map_db_error). Every repository's calls go through here."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncpg
+
+from potato_runs.deadline import Deadline
+from potato_runs.storage.errors import DB_FAILURES, RETRYABLE_SQLSTATES, map_db_error
+
+T = TypeVar("T")
+
+Op = Callable[[asyncpg.Connection, float], Awaitable[T]]
+"""One unit of database work on one connection, given the seconds it may take."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded, jittered retries for 40001 and 40P01 only."""
+
+    attempts: int = 3
+    base_delay: float = 0.01
+    max_delay: float = 0.2
+
+
+async def call(pool: asyncpg.Pool, retry: RetryPolicy, deadline: Deadline, date_field: str,
+               op: Op[T], zone_given: bool = False) -> T:
+    """Runs `op` on a pooled connection within the deadline; see the module docstring."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with pool.acquire(timeout=deadline.timeout()) as conn:
+                return await op(conn, deadline.timeout())
+        except DB_FAILURES as exc:
+            if (isinstance(exc, asyncpg.PostgresError)
+                    and exc.sqlstate in RETRYABLE_SQLSTATES
+                    and attempt < retry.attempts):
+                delay = min(retry.max_delay, retry.base_delay * 2 ** attempt)
+                await asyncio.sleep(random.uniform(0, delay))
+                continue
+            raise map_db_error(exc, date_field, zone_given) from exc
