@@ -36,7 +36,7 @@ from potato_runs.storage.read_paths import ReadPaths
 from potato_runs.storage.runs_repo import RunsRepository
 from potato_runs.storage.shadow_repo import ShadowRepository
 from potato_runs.transport.admin_servicer import AdminServicer
-from potato_runs.transport.auth import AdminAuthInterceptor
+from potato_runs.transport.auth import AdminAuth
 from potato_runs.transport.registration import add_service
 from potato_runs.transport.runs_servicer import RunsServicer
 from potato_runs.transport.v1_servicer import V1RunsServicer
@@ -194,14 +194,12 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
             "POTATO_ADMIN_TOKEN is not set: with --dsn (or POTATO_DSN) the AdminService token "
             "must come from the environment; set POTATO_ADMIN_TOKEN to a random secret of 16+ "
             "characters (e.g. `openssl rand -hex 32`) and give the same value to the CLI")
-    auth = AdminAuthInterceptor(
-        settings.admin_token.get_secret_value() if settings.admin_token else None,
-        (f"/{ADMIN_SERVICE}/",))
+    auth = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
     providers = providers or build_providers(settings.otel_exporter,
                                              settings.otel_metric_interval)
     # so_reuseport off: a second server on a busy port must fail, not split traffic.
     server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-                             options=[("grpc.so_reuseport", 0)], interceptors=[auth])
+                             options=[("grpc.so_reuseport", 0)])
     # Bind before the database opens: a busy port fails before any cluster is created.
     port = _bind(server, settings.host, settings.port)
     if port == 0:
@@ -243,7 +241,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
                 v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"])
     add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout,
                                       flags=flag_service),
-                admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"])
+                admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], guard=auth.guard)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, ADMIN_SERVICE, INVARIANTS_HEALTH):

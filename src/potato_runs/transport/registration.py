@@ -9,7 +9,7 @@ decode failure becomes an `Undecodable` value that the servicer wrapper
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -34,14 +34,20 @@ def _safe(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode_or_mark
 
 
-def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor) -> None:
-    """Like the generated add_*Servicer_to_server, for every unary method of `service`."""
+Behavior = Callable[[Any, Any], Awaitable[Any]]
+
+
+def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor,
+                guard: Callable[[Behavior], Behavior] | None = None) -> None:
+    """Like the generated add_*Servicer_to_server, for every unary method of `service`.
+    `guard` wraps every method of this service (e.g. the AdminService token check)."""
     handlers = {}
     for method in service.methods:
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
+        behavior = getattr(servicer, method.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name),
+            guard(behavior) if guard is not None else behavior,
             request_deserializer=_safe(request.FromString),
             response_serializer=response.SerializeToString,
         )
