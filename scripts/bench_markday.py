@@ -106,8 +106,9 @@ def main() -> None:
         asyncio.run(ensure_database(cluster.dsn("postgres"), "bench"))
         dsn = cluster.dsn("bench")
     exe = str(Path(sys.executable).parent / "potato-runs")
+    env = {**os.environ, "POTATO_ADMIN_TOKEN": uuid.uuid4().hex}   # required with --dsn
     server = subprocess.Popen([exe, "serve", "--port", "0", "--dsn", dsn],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
