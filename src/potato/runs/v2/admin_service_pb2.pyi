@@ -250,3 +250,39 @@ class RollbackFlagResponse(_message.Message):
     FLAG_FIELD_NUMBER: _ClassVar[int]
     flag: Flag
     def __init__(self, flag: _Optional[_Union[Flag, _Mapping]] = ...) -> None: ...
+
+class ReconcileTotalsRequest(_message.Message):
+    __slots__ = ("dry_run", "page_size", "page_token")
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    page_size: int
+    page_token: str
+    def __init__(self, dry_run: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class DriftedTotals(_message.Message):
+    __slots__ = ("user_id", "rows_drifted")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DRIFTED_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    rows_drifted: int
+    def __init__(self, user_id: _Optional[str] = ..., rows_drifted: _Optional[int] = ...) -> None: ...
+
+class ReconcileTotalsResponse(_message.Message):
+    __slots__ = ("users_checked", "rows_drifted", "rows_repaired", "drifted_users", "next_page_token", "total_users", "failed_users")
+    USERS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_DRIFTED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_REPAIRED_FIELD_NUMBER: _ClassVar[int]
+    DRIFTED_USERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_USERS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_USERS_FIELD_NUMBER: _ClassVar[int]
+    users_checked: int
+    rows_drifted: int
+    rows_repaired: int
+    drifted_users: _containers.RepeatedCompositeFieldContainer[DriftedTotals]
+    next_page_token: str
+    total_users: int
+    failed_users: _containers.RepeatedCompositeFieldContainer[FailedUser]
+    def __init__(self, users_checked: _Optional[int] = ..., rows_drifted: _Optional[int] = ..., rows_repaired: _Optional[int] = ..., drifted_users: _Optional[_Iterable[_Union[DriftedTotals, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_users: _Optional[int] = ..., failed_users: _Optional[_Iterable[_Union[FailedUser, _Mapping]]] = ...) -> None: ...

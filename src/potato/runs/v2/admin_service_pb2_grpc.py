@@ -82,6 +82,11 @@ class AdminServiceStub:
                 request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagRequest.SerializeToString,
                 response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagResponse.FromString,
                 _registered_method=True)
+        self.ReconcileTotals = channel.unary_unary(
+                '/potato.runs.v2.AdminService/ReconcileTotals',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -160,6 +165,16 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReconcileTotals(self, request, context):
+        """Recomputes the stored totals (run_totals, user_totals) of one batch of
+        users (in user_id order) from the facts, set-based, and repairs drifted
+        users one at a time under each user's lock (not with dry_run). Callers
+        loop on next_page_token; an empty page_token starts at the first user.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +222,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.RollbackFlag,
                     request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagRequest.FromString,
                     response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagResponse.SerializeToString,
+            ),
+            'ReconcileTotals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconcileTotals,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -455,6 +475,33 @@ class AdminService:
             '/potato.runs.v2.AdminService/RollbackFlag',
             potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagRequest.SerializeToString,
             potato_dot_runs_dot_v2_dot_admin__service__pb2.RollbackFlagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconcileTotals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/ReconcileTotals',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsResponse.FromString,
             options,
             channel_credentials,
             insecure,
