@@ -1,7 +1,9 @@
-"""The test-only model of the projection: an obvious computation of runs from dates.
+"""The test-only model of the projection: an obvious computation of runs from dates,
+and of the totals (monthly and lifetime) from the same dates.
 
-It is written independently of potato_runs.domain.runs on purpose, so the suites
-that compare the service against it do not compare the code with itself.
+It is written independently of potato_runs.domain.runs and potato_runs.domain.totals on
+purpose, so the suites that compare the service against it do not compare the code with
+itself.
 """
 
 from __future__ import annotations
@@ -31,3 +33,34 @@ def as_strings(span: Span) -> tuple[str, str, int, bool]:
 
 def expected_strings(dates: Iterable[dt.date]) -> list[tuple[str, str, int, bool]]:
     return [as_strings(s) for s in expected_runs(dates)]
+
+
+# --------------------------------------------------------------------------- totals
+# Also independent of potato_runs.domain.totals: a calendar walk per month.
+MonthRow = tuple[int, int, int]          # (yyyymm, streak_days, total_days)
+Lifetime = tuple[int, int, int]          # (total_days, run_count, longest_run_days)
+
+
+def expected_month_totals(dates: Iterable[dt.date]) -> list[MonthRow]:
+    """For every month with a check-in, walk its calendar days from the 1st to the last
+    one: the longest unbroken walk of marked days, and the number of marked days."""
+    marked = set(dates)
+    out: list[MonthRow] = []
+    for year, month in sorted({(d.year, d.month) for d in marked}):
+        best = streak = total = 0
+        day = dt.date(year, month, 1)
+        while day.month == month:
+            if day in marked:
+                streak += 1
+                total += 1
+                best = max(best, streak)
+            else:
+                streak = 0
+            day += dt.timedelta(days=1)
+        out.append((year * 100 + month, best, total))
+    return out
+
+
+def expected_lifetime(dates: Iterable[dt.date]) -> Lifetime:
+    runs = expected_runs(dates)
+    return (sum(r[2] for r in runs), len(runs), max((r[2] for r in runs), default=0))

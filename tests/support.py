@@ -62,7 +62,7 @@ class ServerThread:
             pool = await create_pool(self.dsn, min_size=2, max_size=20)
             settings = Settings(host="127.0.0.1", port=0, dsn=self.dsn, grace_period=1.0,
                                 invariant_check_interval=0, health_probe_interval=0,
-                                admin_token=ADMIN_TOKEN)
+                                admin_token=ADMIN_TOKEN, totals_reconcile_at=None)
             return await build_app(settings, clock=self.clock,
                                    database=Database(dsn=self.dsn, pool=pool))
 
@@ -134,3 +134,54 @@ def alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def fresh_database(pg_dsn: str, name: str) -> str:
+    """A migrated database `name` of its own in the test cluster (created when missing):
+    for tests that read or change everything (population diff, reconciliation)."""
+    from potato_runs.storage.migrate import ensure_database, migrate
+
+    dsn = pg_dsn.rsplit("/", 1)[0] + "/" + name
+
+    async def prepare() -> None:
+        await ensure_database(pg_dsn, name)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(prepare())
+    return dsn
+
+
+FILL_TOTALS = """
+DELETE FROM run_totals; DELETE FROM user_totals;
+INSERT INTO run_totals (user_id, yyyymm, streak_days, total_days, updated_at)
+SELECT t.user_id, t.yyyymm, t.streak_days, t.total_days, now()
+  FROM potato_computed_month_totals(ARRAY(SELECT user_id FROM users)) t;
+INSERT INTO user_totals (user_id, total_days, run_count, longest_run_days, updated_at)
+SELECT u.user_id, coalesce(t.total_days, 0), coalesce(t.run_count, 0),
+       coalesce(t.longest_run_days, 0), now()
+  FROM users u
+  LEFT JOIN potato_computed_user_totals(ARRAY(SELECT user_id FROM users)) t USING (user_id);
+"""
+"""Stored totals set to the computed ones for everyone: a known starting point."""
+
+TOTALS_DRIFT = """
+SELECT count(*) FROM (
+    (SELECT user_id, yyyymm, streak_days, total_days FROM run_totals
+     EXCEPT ALL SELECT * FROM potato_computed_month_totals(ARRAY(SELECT user_id FROM users)))
+    UNION ALL
+    (SELECT * FROM potato_computed_month_totals(ARRAY(SELECT user_id FROM users))
+     EXCEPT ALL SELECT user_id, yyyymm, streak_days, total_days FROM run_totals)
+    UNION ALL
+    (SELECT u.user_id, 0, 0, 0 FROM users u
+       LEFT JOIN potato_computed_user_totals(ARRAY(SELECT user_id FROM users)) c USING (user_id)
+       LEFT JOIN user_totals t USING (user_id)
+      WHERE (t.total_days, t.run_count, t.longest_run_days) IS DISTINCT FROM
+            (coalesce(c.total_days, 0), coalesce(c.run_count, 0),
+             coalesce(c.longest_run_days, 0)))) d
+"""
+"""Rows where the stored totals differ from the computed ones, counted independently of
+the service's reconciliation (0 when every stored total is right)."""

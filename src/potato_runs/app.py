@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -14,18 +15,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from potato.runs.v1 import runs_service_pb2 as v1_runs_service_pb2
-from potato.runs.v2 import admin_service_pb2, runs_service_pb2
+from potato.runs.v2 import admin_service_pb2, runs_service_pb2, totals_service_pb2
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
 from potato_runs.deadline import Deadline
+from potato_runs.domain.flags import TOTALS_V2
+from potato_runs.domain.totals_answers import TotalsSource
+from potato_runs.domain.totals_answers import normalize as normalize_totals
 from potato_runs.observability import Providers, build_providers
 from potato_runs.service.admin_service import AdminService
 from potato_runs.service.database_probe import DatabaseProbe
 from potato_runs.service.flags import FlagService, FlagStore
 from potato_runs.service.invariant_monitor import InvariantMonitor
 from potato_runs.service.runs_service import RunsService
-from potato_runs.service.shadow import ShadowComparer, ShadowSettings
+from potato_runs.service.shadow import ShadowComparer, ShadowPaths, ShadowSettings
 from potato_runs.service.telemetry import Telemetry
+from potato_runs.service.totals_reconcile import DailyTotalsReconcile, TotalsReconciler
+from potato_runs.service.totals_service import TotalsService
 from potato_runs.service.v1_runs import V1RunsService
 from potato_runs.storage.admin_repo import AdminRepository
 from potato_runs.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
@@ -35,10 +41,13 @@ from potato_runs.storage.pool import create_pool
 from potato_runs.storage.read_paths import ReadPaths
 from potato_runs.storage.runs_repo import RunsRepository
 from potato_runs.storage.shadow_repo import ShadowRepository
+from potato_runs.storage.totals_reads import TotalsReads
+from potato_runs.storage.totals_repo import TotalsRepository
 from potato_runs.transport.admin_servicer import AdminServicer
 from potato_runs.transport.auth import AdminAuth
 from potato_runs.transport.registration import add_service
 from potato_runs.transport.runs_servicer import RunsServicer
+from potato_runs.transport.totals_servicer import TotalsServicer
 from potato_runs.transport.v1_servicer import V1RunsServicer
 
 log = logging.getLogger(__name__)
@@ -46,6 +55,7 @@ log = logging.getLogger(__name__)
 RUNS_SERVICE = runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 V1_RUNS_SERVICE = v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_name
+TOTALS_SERVICE = totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"].full_name
 ADMIN_POOL_SIZE = 2
 INVARIANTS_HEALTH = "potato.runs.v2.Invariants"
 """Health service name that turns NOT_SERVING while the invariant checker finds violations."""
@@ -119,8 +129,10 @@ class App:
     flags: FlagStore
     _stopped: bool = field(default=False)
     v1: V1RunsService | None = None
+    totals: TotalsService | None = None
     shadow: ShadowComparer | None = None
     shadow_pool: asyncpg.Pool | None = None
+    totals_reconcile: DailyTotalsReconcile | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped:
@@ -128,6 +140,8 @@ class App:
         self._stopped = True
         self.health.enter_graceful_shutdown()
         await self.monitor.stop()
+        if self.totals_reconcile is not None:
+            await self.totals_reconcile.stop()
         await self.probe.stop()
         await self.server.stop(self.settings.grace_period if grace is None else grace)
         if self.shadow is not None:   # after the server: the last reads have submitted
@@ -239,12 +253,26 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     v1 = V1RunsService(runs, ReadPaths(db.pool), flag_store, clock, shadow)   # ff.potato.runs_v2
     add_service(server, V1RunsServicer(v1, settings.default_timeout, settings.max_timeout),
                 v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"])
+    # ff.potato.totals_v2: computed on read, or the stored totals; shadow compares them.
+    shadow.register(TOTALS_V2, ShadowPaths(TotalsReads(shadow_pool), TotalsSource.COMPUTED,
+                                           TotalsSource.STORED, normalize_totals))
+    totals = TotalsService(TotalsReads(db.pool), flag_store, clock, shadow)
+    add_service(server, TotalsServicer(totals, settings.default_timeout, settings.max_timeout),
+                totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"])
+    # Nightly totals reconciliation: on the admin pool, the day claimed by one replica.
+    totals_repo = TotalsRepository(admin_pool)
+    reconciler = TotalsReconciler(totals_repo, clock, telemetry)
+    totals_reconcile = DailyTotalsReconcile(
+        reconciler, totals_repo, clock, settings.totals_reconcile_at,
+        f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+        poll=settings.totals_reconcile_poll)
     add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout,
-                                      flags=flag_service),
+                                      flags=flag_service, totals=reconciler),
                 admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], guard=auth.guard)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, ADMIN_SERVICE, INVARIANTS_HEALTH):
+    for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE,
+                 INVARIANTS_HEALTH):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def report(ok: bool | None, _count: int) -> None:
@@ -258,7 +286,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     def serving(ok: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if ok
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, ADMIN_SERVICE):
+        for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE):
             health_servicer.set(name, status)
 
     async def ping() -> bool:
@@ -266,7 +294,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
 
     probe = DatabaseProbe(ping, settings.health_probe_interval, serving)
     reflection.enable_server_reflection(
-        (RUNS_SERVICE, V1_RUNS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME,
+        (RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME,
          reflection.SERVICE_NAME), server)
     try:
         if settings.admin_token is None:
@@ -283,9 +311,10 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         raise
     monitor.start()
     probe.start()
+    totals_reconcile.start()
     shadow.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
                admin=admin, health=health_servicer, monitor=monitor, probe=probe,
                providers=providers,
-               admin_pool=admin_pool, flags=flag_store, v1=v1, shadow=shadow,
-               shadow_pool=shadow_pool)
+               admin_pool=admin_pool, flags=flag_store, v1=v1, totals=totals, shadow=shadow,
+               shadow_pool=shadow_pool, totals_reconcile=totals_reconcile)

@@ -7,6 +7,7 @@ interval, an unknown exporter) with a ValueError that names the setting.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,8 +34,11 @@ ENV_VARS: dict[str, str] = {
     "POTATO_SHADOW_MISMATCH_CAP": "shadow_mismatch_cap",
     "POTATO_ADMIN_TOKEN": "admin_token",
     "POTATO_FLAG_RELOAD_INTERVAL": "flag_reload_interval",
+    "POTATO_TOTALS_RECONCILE_AT": "totals_reconcile_at",
 }
 """Environment variable -> setting."""
+EMPTY_MEANS_OFF = frozenset({"POTATO_TOTALS_RECONCILE_AT"})
+"""Variables whose empty value is a value (it disables the feature), not "unset"."""
 
 
 class Settings(BaseModel):
@@ -74,6 +78,16 @@ class Settings(BaseModel):
     keeps one in <data-dir>/admin.token; with a DSN it is required."""
     flag_reload_interval: float = Field(default=5.0, gt=0)
     """Seconds between full reloads of the feature flags (LISTEN/NOTIFY is the fast path)."""
+    totals_reconcile_at: dt.time | None = dt.time(4, 0)
+    """UTC time of day of the nightly totals reconciliation (one replica runs it);
+    None (an empty POTATO_TOTALS_RECONCILE_AT) disables it."""
+    totals_reconcile_poll: float = Field(default=30.0, gt=0)
+    """Seconds between the scheduler's looks at the clock (tests make it short)."""
+
+    @field_validator("totals_reconcile_at", mode="before")
+    @classmethod
+    def _daily_time(cls, value: Any) -> Any:
+        return parse_daily_time(value) if isinstance(value, str) else value
 
     @field_validator("admin_token")
     @classmethod
@@ -92,7 +106,7 @@ class Settings(BaseModel):
         """Defaults, then the environment, then explicit overrides (CLI flags; None = unset)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {name: env[var] for var, name in ENV_VARS.items()
-                                  if env.get(var)}
+                                  if env.get(var) or (var in EMPTY_MEANS_OFF and var in env)}
         if "log_level" in values:
             values["log_level"] = str(values["log_level"]).upper()
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -102,6 +116,18 @@ class Settings(BaseModel):
             problems = "; ".join(
                 f"{_name(err['loc'])}: {err['msg']}" for err in exc.errors())
             raise ValueError(problems) from None
+
+
+def parse_daily_time(value: str) -> dt.time | None:
+    """UTC `HH:MM` (00:00..23:59) -> a time; empty -> None (disabled)."""
+    text = value.strip()
+    if not text:
+        return None
+    hh, sep, mm = text.partition(":")
+    if (not sep or len(hh) != 2 or len(mm) != 2 or not (hh + mm).isascii()
+            or not (hh + mm).isdigit() or int(hh) > 23 or int(mm) > 59):
+        raise ValueError("must be a UTC time HH:MM such as 04:00, or empty to disable")
+    return dt.time(int(hh), int(mm))
 
 
 def _name(loc: tuple[int | str, ...]) -> str:

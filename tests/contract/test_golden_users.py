@@ -8,7 +8,9 @@ v1 has no such call: mark_time and backfill), with the injected clock at the use
 - v1 on projection (the users on the flag's allow list),
 - v1 in shadow (shadow 100 %: served legacy, compared with the projection afterwards,
   and every comparison must match),
-- v2 GetActiveRun and ListRuns, mapped to the same shape.
+- v2 GetActiveRun and ListRuns, mapped to the same shape;
+- v2 TotalsService.GetTotals on the computed and on the stored path, against the
+  expected v1 GetStats figures.
 """
 
 from __future__ import annotations
@@ -30,14 +32,18 @@ from potato.runs.v1 import runs_service_pb2_grpc as v1_grpc
 from potato.runs.v2 import admin_service_pb2 as admin
 from potato.runs.v2 import runs_service_pb2 as v2
 from potato.runs.v2 import runs_service_pb2_grpc as v2_grpc
+from potato.runs.v2 import totals_service_pb2 as totals
+from potato.runs.v2 import totals_service_pb2_grpc as totals_grpc
 from potato_runs.clock import FixedClock
 from support import rich_status
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_users.json").read_text())
 USERS: list[dict[str, Any]] = GOLDEN["users"]
 FLAG = "ff.potato.runs_v2"
+TOTALS_FLAG = "ff.potato.totals_v2"
 READ_SOURCE = "potato-read-source"
-TABLES = ("shadow_mismatches", "run_events", "runs", "daily_checkins", "users")
+TABLES = ("shadow_mismatches", "run_events", "run_totals", "user_totals", "runs",
+          "daily_checkins", "users")
 
 
 def test_the_golden_set_covers_what_the_contract_promises() -> None:
@@ -217,3 +223,35 @@ async def test_v2_gives_the_same_answers(golden: None, channel: grpc.aio.Channel
         assert got == {"current_run": e["current_run"],
                        "current_streak_days": e["current_streak_days"],
                        "runs": e["runs"], "time_zone": e["time_zone"]}, user["name"]
+
+
+async def _set_totals_flag(admin_stub: Any, reason: str, **fields: Any) -> None:
+    mask = field_mask_pb2.FieldMask(paths=["enabled", "rollout_percent", "shadow_percent",
+                                           "allow_user_ids", "deny_user_ids"])
+    await admin_stub.UpdateFlag(admin.UpdateFlagRequest(
+        flag=admin.Flag(name=TOTALS_FLAG, **fields), update_mask=mask, reason=reason), timeout=10)
+
+
+@pytest.mark.parametrize(("fields", "source"), [
+    ({}, "computed"),
+    ({"enabled": True, "allow_user_ids": [u["user_id"] for u in USERS]}, "stored"),
+])
+async def test_totals_agree_with_the_golden_stats_on_both_paths(
+        golden: None, channel: grpc.aio.Channel, clock: FixedClock, admin_stub: Any,
+        fields: dict[str, Any], source: str) -> None:
+    stub = totals_grpc.TotalsServiceStub(channel)
+    await _set_totals_flag(admin_stub, f"contract test: golden users on {source}", **fields)
+    try:
+        for user in USERS:
+            clock.set(dt.datetime.fromisoformat(user["now"]))
+            call = stub.GetTotals(totals.GetTotalsRequest(user_id=user["user_id"]), timeout=10)
+            md = await call.initial_metadata()
+            res = await call
+            assert [v for k, v in md if k == READ_SOURCE] == [source], user["name"]
+            got = {"total_days": res.totals.total_days,
+                   "longest_run_days": res.totals.longest_run_days,
+                   "current_streak_days": res.totals.current_streak_days,
+                   "run_count": res.totals.run_count}
+            assert got == user["expect"]["stats"], (user["name"], source)
+    finally:
+        await _set_totals_flag(admin_stub, "contract test: totals flag back to disabled")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 EXE = str(Path(sys.executable).parent / "potato-runs")
 ENV = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false", "POTATO_INVARIANT_CHECK_INTERVAL": "0"}
+ENV["POTATO_TOTALS_RECONCILE_AT"] = ""   # no nightly reconciliation at a wall-clock-dependent time
 ENV.pop("POTATO_DSN", None)
 ADMIN_TOKEN = "e2e-admin-token-0123456789"
 ENV["POTATO_ADMIN_TOKEN"] = ADMIN_TOKEN   # `serve --dsn` requires one; the CLI sends it

@@ -33,8 +33,7 @@ from potato.runs.v2 import runs_service_pb2 as v2
 from potato.runs.v2 import runs_service_pb2_grpc as v2_grpc
 from potato_runs.clock import FixedClock
 from potato_runs.domain.flags import RUNS_V2, FlagState, Variant, evaluate
-from potato_runs.storage.migrate import ensure_database, migrate
-from support import ADMIN_TOKEN, DEFAULT_NOW, ServerThread
+from support import ADMIN_TOKEN, DEFAULT_NOW, ServerThread, fresh_database
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "docs" / "playbooks.md"
@@ -61,20 +60,9 @@ def test_the_playbooks_are_cli_sequences() -> None:
 
 
 @pytest.fixture(scope="module")
-def playbook_dsn(pg_dsn: str) -> Iterator[str]:
+def playbook_dsn(pg_dsn: str) -> str:
     """A database of its own: the population diff and the gates see only this test's data."""
-    dsn = pg_dsn.rsplit("/", 1)[0] + "/potato_playbook"
-
-    async def prepare() -> None:
-        await ensure_database(pg_dsn, "potato_playbook")
-        conn = await asyncpg.connect(dsn)
-        try:
-            await migrate(conn)
-        finally:
-            await conn.close()
-
-    asyncio.run(prepare())
-    yield dsn
+    return fresh_database(pg_dsn, "potato_playbook")
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,9 @@ After every step (`check_everything`):
 - the stored runs (SQL, and ListRuns over gRPC page by page) equal the model's
   (start, end, day_count, active), and the stored check-ins and zone too;
 - GetActiveRun agrees with the model (run, current, current_streak_days);
+- the stored totals (`run_totals`, `user_totals`) equal the computed ones (the SQL
+  functions of migration 0004 over the facts), and those equal the independent model
+  of tests/oracle.py (`expected_month_totals`, `expected_lifetime`);
 - `admin.check(user, 1000)` finds no violation;
 - a dry-run rebuild (`rebuild_user(user, None, None, True)`) has an empty diff;
 - a step the model calls a no-op wrote no run_events row.
@@ -71,6 +74,8 @@ from hypothesis.stateful import (
 )
 from oracle import Span
 from oracle import as_strings as wire
+from oracle import expected_lifetime as model_lifetime
+from oracle import expected_month_totals as model_months
 from oracle import expected_runs as model_runs
 
 from potato.runs.v2 import run_pb2
@@ -619,6 +624,16 @@ class RunsMachine(RuleBasedStateMachine):
             assert not active.HasField("run")
             assert not active.current and active.current_streak_days == 0
 
+        # Totals: stored (kept by every write) == computed (the SQL over the facts) ==
+        # the model's (tests/oracle.py). A known user always has a lifetime row.
+        stored_months, stored_life, computed_months, computed_life = self.h.run(
+            self.totals(pool))
+        assert computed_months == model_months(self.dates)
+        assert stored_months == computed_months
+        life = model_lifetime(self.dates)
+        assert (computed_life or (0, 0, 0)) == life
+        assert stored_life == (life if self.zone is not None else None)
+
         violations, truncated = self.h.run(self.h.app.admin.check(self.uid, 1000))
         assert violations == [] and not truncated
 
@@ -633,6 +648,24 @@ class RunsMachine(RuleBasedStateMachine):
             assert events > self.events, "a change to the projection wrote no run event"
         self.events = events
         self.quiet = True      # until a step says it changed the projection
+
+    async def totals(self, pool: Any) -> tuple[list[tuple[int, int, int]], Any,
+                                               list[tuple[int, int, int]], Any]:
+        async with pool.acquire() as conn:
+            stored_months = [tuple(r) for r in await conn.fetch(
+                "SELECT yyyymm, streak_days, total_days FROM run_totals WHERE user_id = $1 "
+                "ORDER BY yyyymm", self.uid)]
+            stored_life = await conn.fetchrow(
+                "SELECT total_days, run_count, longest_run_days FROM user_totals "
+                "WHERE user_id = $1", self.uid)
+            computed_months = [tuple(r) for r in await conn.fetch(
+                "SELECT yyyymm, streak_days, total_days FROM potato_computed_month_totals($1) "
+                "ORDER BY yyyymm", [self.uid])]
+            computed_life = await conn.fetchrow(
+                "SELECT total_days, run_count, longest_run_days "
+                "FROM potato_computed_user_totals($1)", [self.uid])
+        return (stored_months, stored_life and tuple(stored_life), computed_months,
+                computed_life and tuple(computed_life))
 
     def teardown(self) -> None:
         self.h.clock.set(DEFAULT_NOW)

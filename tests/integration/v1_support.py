@@ -84,5 +84,6 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, bound: float = 
 
 async def forget(db: Any, user: str) -> None:
     """Removes every row of a user (after a test damaged its projection)."""
-    for table in ("shadow_mismatches", "run_events", "runs", "daily_checkins", "users"):
+    for table in ("shadow_mismatches", "run_totals", "user_totals", "run_events", "runs",
+                  "daily_checkins", "users"):
         await db.execute(f"DELETE FROM {table} WHERE user_id = $1", uuid.UUID(user))

@@ -73,7 +73,8 @@ def _parse_user(value: str) -> uuid.UUID:
 
 # --------------------------------------------------------------------------- offline
 async def _with_admin(dsn: str | None, data_dir: Path | None,
-                      fn: Callable[[Any], Awaitable[T]]) -> T:
+                      fn: Callable[[Any], Awaitable[T]],
+                      service: Callable[[asyncpg.Pool], Any] | None = None) -> T:
     from potato_runs.app import open_database
     from potato_runs.clock import SystemClock
     from potato_runs.service.admin_service import AdminService
@@ -81,6 +82,7 @@ async def _with_admin(dsn: str | None, data_dir: Path | None,
     from potato_runs.storage.admin_repo import AdminRepository
 
     # Never creates an embedded cluster nor migrates: operators work on what exists.
+    # `service` builds the use case fn gets from the pool (default: AdminService).
     settings = _settings(dsn=dsn, data_dir=data_dir)
     try:
         db = await open_database(settings, run_migrations=False, create_cluster=False)
@@ -91,7 +93,8 @@ async def _with_admin(dsn: str | None, data_dir: Path | None,
                        "cluster has no `potato` database yet)") from exc
     try:
         await _require_schema(db.pool)
-        return await fn(AdminService(AdminRepository(db.pool), SystemClock(), Telemetry()))
+        return await fn(service(db.pool) if service is not None else
+                        AdminService(AdminRepository(db.pool), SystemClock(), Telemetry()))
     finally:
         await db.close()
 
@@ -115,10 +118,11 @@ async def _require_schema(pool: asyncpg.Pool) -> None:
                        f"(pending: {', '.join(pending)})")
 
 
-def _admin(dsn: str | None, data_dir: Path | None, fn: Callable[[Any], Awaitable[T]]) -> T:
+def _admin(dsn: str | None, data_dir: Path | None, fn: Callable[[Any], Awaitable[T]],
+           service: Callable[[asyncpg.Pool], Any] | None = None) -> T:
     """Runs an operator routine offline; failures exit 2 with a plain message."""
     with _plain_errors():
-        return _run(_with_admin(dsn, data_dir, fn))
+        return _run(_with_admin(dsn, data_dir, fn, service))
     raise AssertionError("unreachable")   # for type checkers: _plain_errors() re-raises
 
 

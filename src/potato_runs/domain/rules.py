@@ -15,6 +15,7 @@ from potato_runs.domain.errors import Reason, ValidationCollector
 from potato_runs.domain.model import LAUNCH_DATE, Run
 
 _DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+_MONTH_RE = re.compile(r"^[0-9]{4}-[0-9]{2}$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 DEFAULT_PAGE_SIZE = 50
@@ -169,6 +170,51 @@ def decode_page_token(token: str, user_id: uuid.UUID, errors: ValidationCollecto
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         errors.add("page_token", Reason.INVALID_PAGE_TOKEN,
                    "page_token is not a token returned for this user_id")
+        return None
+
+
+def parse_month(value: str, errors: ValidationCollector, field: str) -> int | None:
+    """Parses an optional "YYYY-MM" strictly (ASCII digits, month 01..12, year 0001 on)
+    into the yyyymm key (2028-02 -> 202802); "" is None (no bound)."""
+    if not value:
+        return None
+    if not _MONTH_RE.fullmatch(value) or not 1 <= int(value[5:]) <= 12 or value[:4] == "0000":
+        errors.add(field, Reason.INVALID_DATE, f"{echo(value)} is not a month of the form YYYY-MM")
+        return None
+    return int(value[:4]) * 100 + int(value[5:])
+
+
+def encode_month_token(user_id: uuid.UUID, start: int | None, end: int | None,
+                       last: int) -> str:
+    """A ListMonthlyTotals page token: the last month listed (the next page lists older
+    ones), bound to the user and to the request's month bounds."""
+    payload = json.dumps({"v": 1, "k": "months", "u": str(user_id), "s": start or 0,
+                          "e": end or 0, "m": last}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+
+
+def decode_month_token(token: str, user_id: uuid.UUID, start: int | None, end: int | None,
+                       errors: ValidationCollector) -> int | None:
+    """The last month of the previous page, or None (first page); a token returned for
+    another user or other bounds (or not returned at all) records INVALID_PAGE_TOKEN."""
+    if not token:
+        return None
+    try:
+        if len(token) > MAX_PAGE_TOKEN_LENGTH:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        data = json.loads(raw)
+        if (not isinstance(data, dict) or data.get("v") != 1 or data.get("k") != "months"
+                or data.get("u") != str(user_id) or data.get("s") != (start or 0)
+                or data.get("e") != (end or 0)):
+            raise ValueError("token does not belong to this request")
+        last = data["m"]
+        if type(last) is not int or not 101 <= last <= 999912 or not 1 <= last % 100 <= 12:
+            raise ValueError("not a month")
+        return last
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
+        errors.add("page_token", Reason.INVALID_PAGE_TOKEN,
+                   "page_token is not a token returned for this user_id and these months")
         return None
 
 

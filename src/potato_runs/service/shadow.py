@@ -1,8 +1,14 @@
-"""Online shadow comparisons: legacy served, projection compared after the response.
+"""Online shadow comparisons: one path served, the other compared after the response.
 
-For a user in a flag's shadow sample the v1 read is answered by legacy. After the
+Each flag has its pair of read paths (`ShadowPaths`): ff.potato.runs_v2 serves legacy
+and compares the projection (the v1 reads); ff.potato.totals_v2 serves `computed` and
+compares `stored` (the TotalsService reads). Below, "legacy" is the served path and
+"projection" the compared one, as the columns of `shadow_mismatches` name them.
+
+For a user in a flag's shadow sample the read is answered by the served path. After the
 response has been sent (the servicer submits from the RPC's done callback), a worker
-computes the projection's answer and compares the two normalized answers:
+computes the other path's answer, at the `now` the request was answered at, and
+compares the two normalized answers:
 
 - equal: a `match`;
 - different: both paths are read again in one REPEATABLE READ, READ ONLY transaction
@@ -25,15 +31,17 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from potato_runs.clock import Clock
 from potato_runs.deadline import Deadline
 from potato_runs.domain.errors import DomainError
-from potato_runs.domain.reads import Answer, ReadMethod, ReadSource, normalize
+from potato_runs.domain.flags import RUNS_V2
+from potato_runs.domain.reads import ReadSource, normalize
 from potato_runs.service.telemetry import Telemetry
-from potato_runs.storage.read_paths import Reader, ReadPaths
+from potato_runs.storage.read_paths import ReadPaths
 from potato_runs.storage.shadow_repo import CountKey, Mismatch, ShadowRepository
 
 log = logging.getLogger(__name__)
@@ -43,25 +51,52 @@ FINAL_FLUSH_TIMEOUT = 2.0
 """Seconds the flush on stop may take (shutdown must never hang on the database)."""
 
 
+T = TypeVar("T")
+
+
 class ShadowQuery(Protocol):
-    """A read that can be answered from either path (service/v1_runs.py)."""
+    """A read that can be answered from either path of its flag (service/v1_runs.py,
+    service/totals_service.py); `reader` is the flag's reader, `source` its path."""
 
     @property
-    def method(self) -> ReadMethod: ...
+    def method(self) -> str: ...
 
     @property
     def user_id(self) -> uuid.UUID: ...
 
-    async def answer(self, reader: Reader, source: ReadSource, now: dt.datetime) -> Answer: ...
+    async def answer(self, reader: Any, source: Any, now: dt.datetime) -> Any: ...
+
+
+class SnapshotReads(Protocol):
+    """A flag's read paths on the comparer's pool (storage/read_paths.ReadPaths,
+    storage/totals_reads.TotalsReads)."""
+
+    async def read(self, deadline: Deadline, fn: Callable[[Any], Awaitable[T]]) -> T: ...
+
+    async def snapshot(self, deadline: Deadline, fn: Callable[[Any], Awaitable[T]]) -> T: ...
+
+
+@dataclass(frozen=True)
+class ShadowPaths:
+    """What the comparer needs to know of one flag: its reads, the path served, the path
+    compared, and the normalization both answers go through."""
+
+    reads: SnapshotReads
+    served: Any
+    compared: Any
+    normalize: Callable[[Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class ShadowJob:
     flag: str
     query: ShadowQuery
-    served: Answer
-    """The answer the caller got (legacy); normalized by the worker, off the response
-    path."""
+    served: Any
+    """The answer the caller got (the served path); normalized by the worker, off the
+    response path."""
+    now: dt.datetime | None = None
+    """The `now` the served answer was computed at (the clock may move before the
+    comparison runs); None: the comparer's clock."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +114,8 @@ class ShadowSettings:
 class ShadowComparer:
     def __init__(self, reads: ReadPaths, repo: ShadowRepository, clock: Clock,
                  telemetry: Telemetry, settings: ShadowSettings | None = None) -> None:
-        self._reads = reads
+        self._paths: dict[str, ShadowPaths] = {RUNS_V2: ShadowPaths(
+            reads, ReadSource.LEGACY, ReadSource.PROJECTION, normalize)}
         self._repo = repo
         self._clock = clock
         self._telemetry = telemetry
@@ -94,6 +130,10 @@ class ShadowComparer:
             maxlen=max(self.settings.mismatch_cap, 1))
         self.totals: collections.Counter[str] = collections.Counter()
         """Results since start, in this process (match, mismatch, dropped, error)."""
+
+    def register(self, flag: str, paths: ShadowPaths) -> None:
+        """Compares the reads of `flag` with `paths` (ff.potato.runs_v2 is built in)."""
+        self._paths[flag] = paths
 
     # -- submission ---------------------------------------------------------------
 
@@ -132,20 +172,25 @@ class ShadowComparer:
     async def compare(self, job: ShadowJob) -> str:
         """One comparison; returns its result (also recorded)."""
         q = job.query
+        paths = self._paths.get(job.flag)
+        if paths is None:
+            log.error("no shadow paths registered for %s", job.flag)
+            self._record(job.flag, q.method, ERROR)
+            return ERROR
         deadline = Deadline.after(self.settings.timeout)
         try:
-            now = self._clock.now()
-            projection = normalize(await self._reads.read(
-                deadline, lambda r: q.answer(r, ReadSource.PROJECTION, now)))
-            legacy = normalize(job.served)
+            now = job.now or self._clock.now()
+            projection = paths.normalize(await paths.reads.read(
+                deadline, lambda r: q.answer(r, paths.compared, now)))
+            legacy = paths.normalize(job.served)
             if projection != legacy:
-                now = self._clock.now()
+                now = job.now or self._clock.now()
 
-                async def both(r: Reader) -> tuple[dict[str, Any], dict[str, Any]]:
-                    return (normalize(await q.answer(r, ReadSource.LEGACY, now)),
-                            normalize(await q.answer(r, ReadSource.PROJECTION, now)))
+                async def both(r: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+                    return (paths.normalize(await q.answer(r, paths.served, now)),
+                            paths.normalize(await q.answer(r, paths.compared, now)))
 
-                legacy, projection = await self._reads.snapshot(deadline, both)
+                legacy, projection = await paths.reads.snapshot(deadline, both)
         except DomainError as exc:
             log.warning("shadow comparison of %s failed: %s", q.method, exc)
             result = ERROR
@@ -153,7 +198,7 @@ class ShadowComparer:
             result = MATCH if projection == legacy else MISMATCH
             if result == MISMATCH:
                 self._mismatches.append(Mismatch(
-                    user_id=q.user_id, flag=job.flag, method=q.method.value, legacy=legacy,
+                    user_id=q.user_id, flag=job.flag, method=str(q.method), legacy=legacy,
                     projection=projection, observed_at=self._clock.now()))
         self._record(job.flag, q.method, result)
         return result

@@ -33,6 +33,16 @@ class Telemetry:
             "potato.shadow.comparisons", unit="{comparison}",
             description="Online shadow comparisons of legacy and projection answers, by "
                         "flag, method and result (match, mismatch, dropped, error)")
+        self._reconcile_drift = meter.create_counter(
+            "potato.totals.reconcile.drift", unit="{row}",
+            description="Stored totals rows (months and lifetime) the reconciliation found "
+                        "missing, extra or wrong")
+        self._reconcile_repaired = meter.create_counter(
+            "potato.totals.reconcile.repaired", unit="{row}",
+            description="Stored totals rows the reconciliation rewrote")
+        self._reconcile_duration = meter.create_histogram(
+            "potato.totals.reconcile.duration", unit="s",
+            description="Duration of a totals reconciliation (scope: batch or run)")
 
     @contextmanager
     def write_span(self, operation: str, user_id: uuid.UUID) -> Iterator[None]:
@@ -65,3 +75,13 @@ class Telemetry:
 
     def record_shadow(self, flag: str, method: str, result: str) -> None:
         self._shadow.add(1, {"flag": flag, "method": method, "result": result})
+
+    def record_reconcile(self, *, rows_drifted: int, rows_repaired: int, seconds: float,
+                         dry_run: bool, scope: str) -> None:
+        """One batch (scope="batch": the counters and the duration) or one whole run
+        (scope="run": the duration only; its batches counted the rows)."""
+        attrs = {"dry_run": dry_run}
+        if scope == "batch":
+            self._reconcile_drift.add(rows_drifted, attrs)
+            self._reconcile_repaired.add(rows_repaired, attrs)
+        self._reconcile_duration.record(seconds, {**attrs, "scope": scope})

@@ -125,5 +125,5 @@ class V1RunsService:
         after = None
         if variant is Variant.SHADOW and self._shadow is not None:
             after = functools.partial(self._shadow.submit,
-                                      ShadowJob(RUNS_V2, query, answer))
+                                      ShadowJob(RUNS_V2, query, answer, now))
         return Served(answer, source, after)

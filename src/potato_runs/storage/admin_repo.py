@@ -13,6 +13,7 @@ from potato_runs.deadline import Deadline
 from potato_runs.domain.model import Run
 from potato_runs.domain.rollout import DiffBatch, ShadowStats, class_counts
 from potato_runs.domain.runs import RebuildPlan, plan_rebuild
+from potato_runs.domain.totals import first_day, months_of_runs
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
 from potato_runs.storage.runs_repo import RUN_COLUMNS, run_from_record
 
@@ -307,6 +308,13 @@ class AdminRepository:
             user_id, [e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
             now, request_id, timeout=budget.timeout())
         await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch IMMEDIATE",
+                           timeout=budget.timeout())
+        # Stored totals in the same transaction, under the same lock: the months of the
+        # runs before and after (removed, added, changed) and the lifetime row.
+        spans = [(r.start_date, r.end_date) for r in (*diff.removed, *diff.added)] + [
+            (r.start_date, r.end_date) for c in diff.changed for r in (c.before, c.after)]
+        await conn.execute("SELECT potato_refresh_totals($1, $2::date[], $3)", user_id,
+                           [first_day(m) for m in sorted(months_of_runs(spans))], now,
                            timeout=budget.timeout())
 
     async def drifted_users(self, after: uuid.UUID | None, batch: int,

@@ -13,6 +13,7 @@ from potato_runs.domain.errors import Reason, ValidationCollector
 from potato_runs.domain.rollout import SHADOW_WINDOW_HOURS
 from potato_runs.service.admin_service import AdminService
 from potato_runs.service.flags import FlagService
+from potato_runs.service.totals_reconcile import TotalsReconciler
 from potato_runs.transport import convert, flags_convert
 from potato_runs.transport.status import maps_errors
 
@@ -21,6 +22,9 @@ MAX_CHECK_LIMIT = 10_000
 MAX_BATCH_SIZE = 10_000
 DEFAULT_REBUILD_BATCH = 500
 DEFAULT_DIFF_BATCH = 1000
+DEFAULT_RECONCILE_BATCH = 1000
+MAX_DRIFTED_LISTED = 20
+"""Drifted users a ReconcileTotals response lists (the counts cover all of them)."""
 BATCH_DEFAULT_TIMEOUT = 120.0
 """Seconds a batch call may take when the client set no deadline (batches are long)."""
 BATCH_MAX_TIMEOUT = 600.0
@@ -37,9 +41,10 @@ def _batch_size(value: int, default: int, errors: ValidationCollector) -> int:
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     def __init__(self, service: AdminService, default_timeout: float, max_timeout: float,
-                 *, flags: FlagService) -> None:
+                 *, flags: FlagService, totals: TotalsReconciler) -> None:
         self._service = service
         self._flags = flags
+        self._totals = totals
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
 
@@ -129,6 +134,29 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             checkins_scanned=step.checkins_scanned,
             next_page_token=(rules.encode_user_cursor(step.last_user)
                              if step.last_user is not None and step.users_scanned == size else ""),
+            total_users=total)
+
+    @maps_errors
+    async def ReconcileTotals(self, request: admin_service_pb2.ReconcileTotalsRequest,
+                              context: Ctx) -> admin_service_pb2.ReconcileTotalsResponse:
+        errors = ValidationCollector()
+        size = _batch_size(request.page_size, DEFAULT_RECONCILE_BATCH, errors)
+        after = rules.decode_user_cursor(request.page_token, errors)
+        errors.raise_if_any()
+        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
+        total = (await self._service.count_users(ctx.deadline.timeout())
+                 if not request.page_token else 0)
+        step = await self._totals.reconcile_batch(after, size, dry_run=request.dry_run,
+                                                  timeout=ctx.deadline.timeout())
+        return admin_service_pb2.ReconcileTotalsResponse(
+            users_checked=step.users_checked, rows_drifted=step.rows_drifted,
+            rows_repaired=step.rows_repaired,
+            drifted_users=[admin_service_pb2.DriftedTotals(user_id=str(u), rows_drifted=n)
+                           for u, n in step.drifted[:MAX_DRIFTED_LISTED]],
+            failed_users=[admin_service_pb2.FailedUser(user_id=str(u), error=e)
+                          for u, e in step.failed],
+            next_page_token=(rules.encode_user_cursor(step.last_user)
+                             if step.last_user is not None and step.users_checked == size else ""),
             total_users=total)
 
     @maps_errors
