@@ -627,6 +627,12 @@ BAD_ADMIN_CALLS = [
     ("RebuildUserRuns", apb.RebuildUserRunsRequest(user_id=str(uuid.uuid4()),
                                                    from_date="2026-06-10", to_date="2026-06-01"),
      "to_date", "INVALID_RANGE"),
+    # The ends of the calendar used to overflow while widening the range (INTERNAL).
+    ("RebuildUserRuns", apb.RebuildUserRunsRequest(user_id=str(uuid.uuid4()),
+                                                   from_date="0001-01-01"), "from_date",
+     "INVALID_RANGE"),
+    ("RebuildUserRuns", apb.RebuildUserRunsRequest(user_id=str(uuid.uuid4()),
+                                                   to_date="9999-12-31"), "to_date", "INVALID_RANGE"),
     ("CheckInvariants", apb.CheckInvariantsRequest(user_id="nope"), "user_id", "INVALID_USER_ID"),
     ("CheckInvariants", apb.CheckInvariantsRequest(limit=-1), "limit", "INVALID_VALUE"),
 ]

@@ -116,6 +116,26 @@ def check_markable(
                    f"{day.isoformat()} is after today ({today.isoformat()}) in the user's zone")
 
 
+EARLIEST_ADMIN_DATE = dt.date(2000, 1, 1)
+LATEST_ADMIN_DATE = dt.date(9000, 1, 1)
+"""The dates an operator request may name: far around any check-in, and far enough from
+date.min and date.max that widening a range by whole runs can never overflow."""
+
+
+def check_admin_range(from_date: dt.date | None, to_date: dt.date | None,
+                      errors: ValidationCollector) -> None:
+    """An operator's optional date range: each end within EARLIEST_ADMIN_DATE ..
+    LATEST_ADMIN_DATE (a range may start before launch: it just holds no check-ins), and
+    to_date not before from_date."""
+    for field, day in (("from_date", from_date), ("to_date", to_date)):
+        if day is not None and not EARLIEST_ADMIN_DATE <= day <= LATEST_ADMIN_DATE:
+            errors.add(field, Reason.INVALID_RANGE,
+                       f"{day.isoformat()} is outside {EARLIEST_ADMIN_DATE.isoformat()}.."
+                       f"{LATEST_ADMIN_DATE.isoformat()}")
+    if from_date and to_date and from_date > to_date:
+        errors.add("to_date", Reason.INVALID_RANGE, "to_date is before from_date")
+
+
 def is_current(end_date: dt.date, today: dt.date) -> bool:
     """A run is current when it ends today or yesterday in the user's zone.
 

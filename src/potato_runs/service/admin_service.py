@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from potato_runs.clock import Clock
 from potato_runs.deadline import Deadline
+from potato_runs.domain import rules
 from potato_runs.domain.errors import DomainError, Reason, ValidationCollector
 from potato_runs.domain.rollout import SHADOW_WINDOW_HOURS, DiffBatch, PopulationDiff, ShadowStats
 from potato_runs.domain.runs import RebuildPlan
@@ -72,10 +73,9 @@ class AdminService:
     async def rebuild_user(self, user_id: uuid.UUID, from_date: dt.date | None,
                            to_date: dt.date | None, dry_run: bool,
                            request_id: str | None = None, timeout: float = 60.0) -> RebuildPlan:
-        if from_date and to_date and from_date > to_date:
-            errors = ValidationCollector()
-            errors.add("to_date", Reason.INVALID_RANGE, "to_date is before from_date")
-            errors.raise_if_any()
+        errors = ValidationCollector()
+        rules.check_admin_range(from_date, to_date, errors)
+        errors.raise_if_any()
         with self._telemetry.write_span("RebuildUserRuns", user_id):
             plan = await self._repo.rebuild_user(user_id, from_date, to_date, dry_run,
                                                  self._clock.now(), request_id, timeout)

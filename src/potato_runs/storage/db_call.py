@@ -13,7 +13,13 @@ from typing import TypeVar
 import asyncpg
 
 from potato_runs.deadline import Deadline
-from potato_runs.storage.errors import DB_FAILURES, RETRYABLE_SQLSTATES, map_db_error
+from potato_runs.storage.errors import (
+    CONNECTION_FAILURES,
+    DB_FAILURES,
+    RETRYABLE_SQLSTATES,
+    map_db_error,
+    with_write_outcome,
+)
 
 T = TypeVar("T")
 
@@ -31,14 +37,27 @@ class RetryPolicy:
 
 
 async def call(pool: asyncpg.Pool, retry: RetryPolicy, deadline: Deadline, date_field: str,
-               op: Op[T], zone_given: bool = False) -> T:
-    """Runs `op` on a pooled connection within the deadline; see the module docstring."""
+               op: Op[T], zone_given: bool = False, write: bool = False) -> T:
+    """Runs `op` on a pooled connection within the deadline; see the module docstring.
+
+    A connection that fails under `op` (killed backend, broken protocol state) is
+    terminated before it goes back, so the pool opens a new one instead of reusing it.
+    For a `write`, the error says whether it may have been applied (`write_outcome`)."""
     attempt = 0
     while True:
         attempt += 1
+        sent = False
         try:
             async with pool.acquire(timeout=deadline.timeout()) as conn:
-                return await op(conn, deadline.timeout())
+                sent = True
+                try:
+                    return await op(conn, deadline.timeout())
+                except CONNECTION_FAILURES as exc:
+                    # A timeout (an OSError too) is not a broken connection: asyncpg has
+                    # cancelled the statement, and the connection is reusable.
+                    if not isinstance(exc, TimeoutError):
+                        conn.terminate()
+                    raise
         except DB_FAILURES as exc:
             if (isinstance(exc, asyncpg.PostgresError)
                     and exc.sqlstate in RETRYABLE_SQLSTATES
@@ -46,4 +65,7 @@ async def call(pool: asyncpg.Pool, retry: RetryPolicy, deadline: Deadline, date_
                 delay = min(retry.max_delay, retry.base_delay * 2 ** attempt)
                 await asyncio.sleep(random.uniform(0, delay))
                 continue
-            raise map_db_error(exc, date_field, zone_given) from exc
+            err = map_db_error(exc, date_field, zone_given)
+            if write:
+                err = with_write_outcome(err, "unknown" if sent else "not_applied")
+            raise err from exc

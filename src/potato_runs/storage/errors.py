@@ -17,7 +17,14 @@ from potato_runs.domain.errors import (
 
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
-DB_FAILURES = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError)
+CONNECTION_FAILURES = (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                       asyncpg.PostgresConnectionError)
+"""The connection itself failed (closed, killed, or its protocol state broken, e.g.
+asyncpg's "cannot switch to state 12; another operation is in progress" after the
+backend was terminated mid-call): the connection must not go back to the pool."""
+
+DB_FAILURES = (asyncpg.PostgresError, OSError, asyncpg.InterfaceError,
+               asyncpg.InternalClientError, TimeoutError)
 """What a database call can raise; map_db_error turns each into a DomainError."""
 """serialization_failure and deadlock_detected: the only ones worth retrying."""
 
@@ -92,7 +99,20 @@ def map_db_error(exc: BaseException, date_field: str = "local_date",
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return DomainError(ErrorKind.DEADLINE_EXCEEDED, Reason.DEADLINE_EXCEEDED,
                            "the database did not answer before the deadline")
-    if isinstance(exc, (OSError, ConnectionError, asyncpg.InterfaceError)):
+    if isinstance(exc, (OSError, ConnectionError, asyncpg.InterfaceError,
+                        asyncpg.InternalClientError)):
         return DomainError(ErrorKind.UNAVAILABLE, Reason.DATABASE_UNAVAILABLE,
                            "the database is unreachable")
     return DomainError(ErrorKind.INTERNAL, Reason.INTERNAL, f"unexpected error: {type(exc).__name__}")
+
+
+def with_write_outcome(err: DomainError, outcome: str) -> DomainError:
+    """`err` with ErrorInfo metadata `write_outcome`: "not_applied" (the failure came
+    before the write was sent) or "unknown" (the connection failed while the write was in
+    flight: it may have committed). Every write is idempotent, so retrying is safe."""
+    if err.kind not in (ErrorKind.UNAVAILABLE, ErrorKind.DEADLINE_EXCEEDED):
+        return err
+    note = ("the write was not applied" if outcome == "not_applied" else
+            "the write may or may not have been applied; it is idempotent, so retry it")
+    return DomainError(err.kind, err.reason, f"{err.message}; {note}",
+                       {**err.metadata, "write_outcome": outcome}, err.violations)

@@ -83,8 +83,9 @@ class RunsRepository:
 
     async def _run(self, deadline: Deadline, date_field: str,
                    op: Callable[[asyncpg.Connection, float], Awaitable[T]],
-                   zone_given: bool = False) -> T:
-        return await db_call.call(self._pool, self._retry, deadline, date_field, op, zone_given)
+                   zone_given: bool = False, write: bool = False) -> T:
+        return await db_call.call(self._pool, self._retry, deadline, date_field, op, zone_given,
+                                  write)
 
     async def mark_day(self, user_id: uuid.UUID, local_date: dt.date | None,
                        mark_time: dt.datetime | None, time_zone: str | None, source: str,
@@ -98,7 +99,8 @@ class RunsRepository:
 
         field = "local_date" if local_date is not None else "mark_time"
         async with self._one_writer_per_user(user_id, deadline):
-            res = await self._run(deadline, field, op, zone_given=time_zone is not None)
+            res = await self._run(deadline, field, op, zone_given=time_zone is not None,
+                                  write=True)
         return MarkResult(
             run=run_from_json(user_id, res["run"]),
             local_date=_date(res["local_date"]),
@@ -114,7 +116,7 @@ class RunsRepository:
                                        user_id, local_date, now, request_id, timeout=timeout)
 
         async with self._one_writer_per_user(user_id, deadline):
-            res = await self._run(deadline, "local_date", op)
+            res = await self._run(deadline, "local_date", op, write=True)
         return UnmarkResult(
             removed=bool(res["removed"]),
             change=Change(res["change"]),
@@ -131,7 +133,8 @@ class RunsRepository:
                 user_id, list(dates), time_zone, source, now, request_id, timeout=timeout)
 
         async with self._one_writer_per_user(user_id, deadline):
-            res = await self._run(deadline, "local_dates", op, zone_given=time_zone is not None)
+            res = await self._run(deadline, "local_dates", op, zone_given=time_zone is not None,
+                                  write=True)
         return BackfillResult(
             added_days=int(res["added_days"]),
             runs=tuple(run_from_json(user_id, r) for r in res["runs"]),

@@ -31,6 +31,13 @@ class RunsServiceStub:
     Dates are ISO-8601 local dates "YYYY-MM-DD" in the user's IANA time zone.
     Bad input is rejected with INVALID_ARGUMENT carrying google.rpc.BadRequest
     field violations and a google.rpc.ErrorInfo (domain "runs.potato.app").
+
+    When the database fails under a write (UNAVAILABLE or DEADLINE_EXCEEDED), its
+    ErrorInfo.metadata["write_outcome"] says "not_applied" (it failed before the
+    write was sent) or "unknown" (the connection failed while it was in flight:
+    it may have committed). Every write is idempotent (MarkDay of a marked day,
+    UnmarkDay of an unmarked day and BackfillDays of marked days change nothing),
+    so retrying it is always safe.
     """
 
     def __init__(self, channel):
@@ -72,6 +79,13 @@ class RunsServiceServicer:
     Dates are ISO-8601 local dates "YYYY-MM-DD" in the user's IANA time zone.
     Bad input is rejected with INVALID_ARGUMENT carrying google.rpc.BadRequest
     field violations and a google.rpc.ErrorInfo (domain "runs.potato.app").
+
+    When the database fails under a write (UNAVAILABLE or DEADLINE_EXCEEDED), its
+    ErrorInfo.metadata["write_outcome"] says "not_applied" (it failed before the
+    write was sent) or "unknown" (the connection failed while it was in flight:
+    it may have committed). Every write is idempotent (MarkDay of a marked day,
+    UnmarkDay of an unmarked day and BackfillDays of marked days change nothing),
+    so retrying it is always safe.
     """
 
     def MarkDay(self, request, context):
@@ -152,6 +166,13 @@ class RunsService:
     Dates are ISO-8601 local dates "YYYY-MM-DD" in the user's IANA time zone.
     Bad input is rejected with INVALID_ARGUMENT carrying google.rpc.BadRequest
     field violations and a google.rpc.ErrorInfo (domain "runs.potato.app").
+
+    When the database fails under a write (UNAVAILABLE or DEADLINE_EXCEEDED), its
+    ErrorInfo.metadata["write_outcome"] says "not_applied" (it failed before the
+    write was sent) or "unknown" (the connection failed while it was in flight:
+    it may have committed). Every write is idempotent (MarkDay of a marked day,
+    UnmarkDay of an unmarked day and BackfillDays of marked days change nothing),
+    so retrying it is always safe.
     """
 
     @staticmethod
