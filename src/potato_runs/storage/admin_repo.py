@@ -15,6 +15,7 @@ from potato_runs.domain.rollout import DiffBatch, ShadowStats, class_counts
 from potato_runs.domain.runs import RebuildPlan, plan_rebuild
 from potato_runs.domain.totals import first_day, months_of_runs
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
+from potato_runs.storage.pool import acquire
 from potato_runs.storage.runs_repo import RUN_COLUMNS, run_from_record
 
 
@@ -251,7 +252,7 @@ class AdminRepository:
         """Deletes and replays one user's runs in [from, to] (widened), under the lock."""
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 async with conn.transaction():
                     await conn.execute("SELECT pg_advisory_xact_lock(potato_lock_key($1))",
                                        user_id, timeout=budget.timeout())
@@ -322,7 +323,7 @@ class AdminRepository:
         """One set-based pass over a batch of users: those whose runs differ from the facts."""
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 row = await conn.fetchrow(DRIFT_SQL, after, batch, timeout=budget.timeout())
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
@@ -334,7 +335,7 @@ class AdminRepository:
         """The population diff (legacy vs projection) of the `batch` users after `after`."""
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 async with conn.transaction(readonly=True):
                     # The planner's estimate for the (rare) partial-cover branch is huge, and
                     # JIT-compiling for it took 1.7 s of a 2 s batch; the sorts want memory.
@@ -359,7 +360,7 @@ class AdminRepository:
         """Online shadow comparisons of `flag` in the window, and the stored mismatches."""
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 rows = await conn.fetch(SHADOW_STATS_SQL, flag, now, window_hours,
                                         timeout=budget.timeout())
                 stored = await conn.fetchval(
@@ -374,7 +375,7 @@ class AdminRepository:
                        timeout: float = 60.0) -> list[uuid.UUID]:
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 rows = await conn.fetch(
                     "SELECT user_id FROM users WHERE ($1::uuid IS NULL OR user_id > $1) "
                     "ORDER BY user_id LIMIT $2", after, batch, timeout=budget.timeout())
@@ -385,7 +386,7 @@ class AdminRepository:
     async def count_users(self, timeout: float = 60.0) -> int:
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 return int(await conn.fetchval("SELECT count(*) FROM users",
                                                timeout=budget.timeout()))
         except DB_FAILURES as exc:
@@ -398,7 +399,7 @@ class AdminRepository:
         truncated = False
         deadline = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=deadline.timeout()) as conn:
+            async with acquire(self._pool, timeout=deadline.timeout()) as conn:
                 for code in INVARIANT_QUERIES:
                     sql = invariant_sql(code, user_id is not None)
                     sql = f"SELECT * FROM ({sql}) v LIMIT {int(limit) + 1}"

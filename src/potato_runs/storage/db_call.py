@@ -14,12 +14,12 @@ import asyncpg
 
 from potato_runs.deadline import Deadline
 from potato_runs.storage.errors import (
-    CONNECTION_FAILURES,
     DB_FAILURES,
     RETRYABLE_SQLSTATES,
     map_db_error,
     with_write_outcome,
 )
+from potato_runs.storage.pool import acquire
 
 T = TypeVar("T")
 
@@ -40,24 +40,16 @@ async def call(pool: asyncpg.Pool, retry: RetryPolicy, deadline: Deadline, date_
                op: Op[T], zone_given: bool = False, write: bool = False) -> T:
     """Runs `op` on a pooled connection within the deadline; see the module docstring.
 
-    A connection that fails under `op` (killed backend, broken protocol state) is
-    terminated before it goes back, so the pool opens a new one instead of reusing it.
+    A connection that fails under `op` is not reused (`pool.acquire`).
     For a `write`, the error says whether it may have been applied (`write_outcome`)."""
     attempt = 0
     while True:
         attempt += 1
         sent = False
         try:
-            async with pool.acquire(timeout=deadline.timeout()) as conn:
+            async with acquire(pool, timeout=deadline.timeout()) as conn:
                 sent = True
-                try:
-                    return await op(conn, deadline.timeout())
-                except CONNECTION_FAILURES as exc:
-                    # A timeout (an OSError too) is not a broken connection: asyncpg has
-                    # cancelled the statement, and the connection is reusable.
-                    if not isinstance(exc, TimeoutError):
-                        conn.terminate()
-                    raise
+                return await op(conn, deadline.timeout())
         except DB_FAILURES as exc:
             if (isinstance(exc, asyncpg.PostgresError)
                     and exc.sqlstate in RETRYABLE_SQLSTATES

@@ -16,6 +16,7 @@ import asyncpg
 
 from potato_runs.domain.flags import FlagState
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
+from potato_runs.storage.pool import acquire
 
 NOTIFY_CHANNEL = "potato_feature_flags"
 
@@ -80,7 +81,7 @@ class FlagsRepository:
         raise (e.g. a DomainError for a merged state that is invalid): nothing is
         written then."""
         try:
-            async with self._pool.acquire(timeout=timeout) as conn:
+            async with acquire(self._pool, timeout=timeout) as conn:
                 async with conn.transaction():
                     row = await conn.fetchrow(
                         f"SELECT {FLAG_COLUMNS} FROM feature_flags WHERE name = $1 FOR UPDATE",

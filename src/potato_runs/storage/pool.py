@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+
+from potato_runs.storage.errors import CONNECTION_FAILURES
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -41,3 +45,18 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
     )
     assert pool is not None
     return pool
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: Any, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """`pool.acquire(timeout=...)`, except that a connection which fails under the caller
+    (killed backend, broken protocol state: `errors.CONNECTION_FAILURES`) is terminated
+    before it goes back, so the pool opens a fresh one instead of handing it out again.
+    A timeout is not a broken connection (asyncpg cancelled the statement): kept."""
+    async with pool.acquire(timeout=timeout) as conn:
+        try:
+            yield conn
+        except CONNECTION_FAILURES as exc:
+            if not isinstance(exc, TimeoutError):
+                conn.terminate()
+            raise

@@ -23,6 +23,7 @@ import asyncpg
 from potato_runs.deadline import Deadline
 from potato_runs.storage.admin_repo import AdminRepository
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
+from potato_runs.storage.pool import acquire
 
 BATCH_USERS_SQL = """
 SELECT user_id FROM users WHERE ($1::uuid IS NULL OR user_id > $1) ORDER BY user_id LIMIT $2
@@ -121,7 +122,7 @@ class TotalsRepository:
         """The stored totals of the `batch` users after `after` against the facts."""
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 async with conn.transaction(readonly=True):
                     users = [r[0] for r in await conn.fetch(BATCH_USERS_SQL, after, batch,
                                                             timeout=budget.timeout())]
@@ -145,7 +146,7 @@ class TotalsRepository:
         then checks them against the facts in the same transaction."""
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 async with conn.transaction():
                     if self._lock_timeout is not None:
                         await conn.execute(
@@ -172,7 +173,7 @@ class TotalsRepository:
         """Claims `day`'s run for `replica`; False when another replica has it."""
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 got = await conn.fetchval(
                     """INSERT INTO totals_reconcile_runs (day, replica, started_at)
                        VALUES ($1, $2, $3) ON CONFLICT (day) DO NOTHING RETURNING true""",
@@ -186,7 +187,7 @@ class TotalsRepository:
                          error: str | None, timeout: float = 10.0) -> None:
         budget = Deadline.after(timeout)
         try:
-            async with self._pool.acquire(timeout=budget.timeout()) as conn:
+            async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 await conn.execute(
                     """UPDATE totals_reconcile_runs
                           SET finished_at = greatest($2, started_at), users_checked = $3,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ from potato.runs.v2 import admin_service_pb2, admin_service_pb2_grpc
 from potato_runs.domain import rules
 from potato_runs.domain.errors import Reason, ValidationCollector
 from potato_runs.domain.rollout import SHADOW_WINDOW_HOURS
+from potato_runs.service import commands
 from potato_runs.service.admin_service import AdminService
 from potato_runs.service.flags import FlagService
 from potato_runs.service.totals_reconcile import TotalsReconciler
@@ -39,6 +41,11 @@ def _batch_size(value: int, default: int, errors: ValidationCollector) -> int:
     return min(value or default, MAX_BATCH_SIZE)
 
 
+def _next_token(last_user: uuid.UUID | None, scanned: int, size: int) -> str:
+    """The cursor after a batch; empty when the batch was the last (shorter than asked)."""
+    return rules.encode_user_cursor(last_user) if last_user is not None and scanned == size else ""
+
+
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     def __init__(self, service: AdminService, default_timeout: float, max_timeout: float,
                  *, flags: FlagService, totals: TotalsReconciler) -> None:
@@ -47,6 +54,19 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         self._totals = totals
         self._default_timeout = default_timeout
         self._max_timeout = max_timeout
+
+    async def _batch(self, request: Any, context: Ctx, default: int
+                     ) -> tuple[int, uuid.UUID | None, commands.CallContext, int]:
+        """What every batch call validates and needs: (size, cursor, call context, the
+        user count on the first page only)."""
+        errors = ValidationCollector()
+        size = _batch_size(request.page_size, default, errors)
+        after = rules.decode_user_cursor(request.page_token, errors)
+        errors.raise_if_any()
+        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
+        total = (await self._service.count_users(ctx.deadline.timeout())
+                 if not request.page_token else 0)
+        return size, after, ctx, total
 
     @maps_errors
     async def RebuildUserRuns(self, request: admin_service_pb2.RebuildUserRunsRequest,
@@ -93,13 +113,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
     @maps_errors
     async def RebuildRunsBatch(self, request: admin_service_pb2.RebuildRunsBatchRequest,
                                context: Ctx) -> admin_service_pb2.RebuildRunsBatchResponse:
-        errors = ValidationCollector()
-        size = _batch_size(request.page_size, DEFAULT_REBUILD_BATCH, errors)
-        after = rules.decode_user_cursor(request.page_token, errors)
-        errors.raise_if_any()
-        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
-        total = (await self._service.count_users(ctx.deadline.timeout())
-                 if not request.page_token else 0)
+        size, after, ctx, total = await self._batch(request, context, DEFAULT_REBUILD_BATCH)
         step = await self._service.rebuild_batch(after, size, dry_run=request.dry_run,
                                                  force=request.force,
                                                  timeout=ctx.deadline.timeout(),
@@ -111,20 +125,13 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
                 runs_changed=len(p.diff.changed)) for u, p in step.drifted],
             failed_users=[admin_service_pb2.FailedUser(user_id=str(u), error=e)
                           for u, e in step.failed],
-            next_page_token=(rules.encode_user_cursor(step.last_user)
-                             if step.last_user is not None and step.users_scanned == size else ""),
+            next_page_token=_next_token(step.last_user, step.users_scanned, size),
             total_users=total)
 
     @maps_errors
     async def DiffPopulation(self, request: admin_service_pb2.DiffPopulationRequest,
                              context: Ctx) -> admin_service_pb2.DiffPopulationResponse:
-        errors = ValidationCollector()
-        size = _batch_size(request.page_size, DEFAULT_DIFF_BATCH, errors)
-        after = rules.decode_user_cursor(request.page_token, errors)
-        errors.raise_if_any()
-        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
-        total = (await self._service.count_users(ctx.deadline.timeout())
-                 if not request.page_token else 0)
+        size, after, ctx, total = await self._batch(request, context, DEFAULT_DIFF_BATCH)
         step = await self._service.diff_batch(after, size, timeout=ctx.deadline.timeout())
         return admin_service_pb2.DiffPopulationResponse(
             users_scanned=step.users_scanned, users_different=step.users_different,
@@ -132,20 +139,13 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
                 difference_class=c.name, users=c.users,
                 example_user_ids=[str(u) for u in c.examples]) for c in step.classes],
             checkins_scanned=step.checkins_scanned,
-            next_page_token=(rules.encode_user_cursor(step.last_user)
-                             if step.last_user is not None and step.users_scanned == size else ""),
+            next_page_token=_next_token(step.last_user, step.users_scanned, size),
             total_users=total)
 
     @maps_errors
     async def ReconcileTotals(self, request: admin_service_pb2.ReconcileTotalsRequest,
                               context: Ctx) -> admin_service_pb2.ReconcileTotalsResponse:
-        errors = ValidationCollector()
-        size = _batch_size(request.page_size, DEFAULT_RECONCILE_BATCH, errors)
-        after = rules.decode_user_cursor(request.page_token, errors)
-        errors.raise_if_any()
-        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
-        total = (await self._service.count_users(ctx.deadline.timeout())
-                 if not request.page_token else 0)
+        size, after, ctx, total = await self._batch(request, context, DEFAULT_RECONCILE_BATCH)
         step = await self._totals.reconcile_batch(after, size, dry_run=request.dry_run,
                                                   timeout=ctx.deadline.timeout())
         return admin_service_pb2.ReconcileTotalsResponse(
@@ -155,8 +155,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
                            for u, n in step.drifted[:MAX_DRIFTED_LISTED]],
             failed_users=[admin_service_pb2.FailedUser(user_id=str(u), error=e)
                           for u, e in step.failed],
-            next_page_token=(rules.encode_user_cursor(step.last_user)
-                             if step.last_user is not None and step.users_checked == size else ""),
+            next_page_token=_next_token(step.last_user, step.users_checked, size),
             total_users=total)
 
     @maps_errors

@@ -112,13 +112,18 @@ def mark_day(req: runs_service_pb2.MarkDayRequest) -> commands.MarkDay:
                             time_zone=zone, source=source)
 
 
-def unmark_day(req: runs_service_pb2.UnmarkDayRequest) -> commands.UnmarkDay:
+def unmark_command(user_id: str, day: str, field: str) -> commands.UnmarkDay:
+    """An UnmarkDay command from a user id and a date named `field` (v1: `date`)."""
     errors = ValidationCollector()
-    user_id = rules.parse_user_id(req.user_id, errors)
-    local_date = rules.parse_date(req.local_date, errors, "local_date")
+    uid = rules.parse_user_id(user_id, errors)
+    local_date = rules.parse_date(day, errors, field)
     errors.raise_if_any()
-    assert user_id is not None and local_date is not None
-    return commands.UnmarkDay(user_id=user_id, local_date=local_date)
+    assert uid is not None and local_date is not None
+    return commands.UnmarkDay(user_id=uid, local_date=local_date)
+
+
+def unmark_day(req: runs_service_pb2.UnmarkDayRequest) -> commands.UnmarkDay:
+    return unmark_command(req.user_id, req.local_date, "local_date")
 
 
 def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.BackfillDays:

@@ -16,6 +16,7 @@ from potato_runs.domain.errors import DomainError, ValidationCollector
 from potato_runs.domain.model import Run
 from potato_runs.domain.reads import CurrentRunAnswer, RunsAnswer, RunView, StatsAnswer
 from potato_runs.service import commands
+from potato_runs.transport import convert
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -50,20 +51,10 @@ def mark_day(req: pb.MarkDayRequest) -> commands.MarkDay:
 
 
 def unmark_day(req: pb.UnmarkDayRequest) -> commands.UnmarkDay:
-    errors = ValidationCollector()
-    user_id = rules.parse_user_id(req.user_id, errors)
-    day = rules.parse_date(req.date, errors, "date")
-    errors.raise_if_any()
-    assert user_id is not None and day is not None
-    return commands.UnmarkDay(user_id=user_id, local_date=day)
+    return convert.unmark_command(req.user_id, req.date, "date")
 
 
-def user_id_only(value: str) -> uuid.UUID:
-    errors = ValidationCollector()
-    user_id = rules.parse_user_id(value, errors)
-    errors.raise_if_any()
-    assert user_id is not None
-    return user_id
+user_id_only = convert.user_id_only
 
 
 def list_runs(req: pb.ListRunsRequest) -> tuple[uuid.UUID, int]:
