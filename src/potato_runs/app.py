@@ -45,7 +45,7 @@ from potato_runs.storage.totals_reads import TotalsReads
 from potato_runs.storage.totals_repo import TotalsRepository
 from potato_runs.transport.admin_servicer import AdminServicer
 from potato_runs.transport.auth import AdminAuth
-from potato_runs.transport.registration import add_service
+from potato_runs.transport.registration import HandlerInterceptor, add_service
 from potato_runs.transport.runs_servicer import RunsServicer
 from potato_runs.transport.totals_servicer import TotalsServicer
 from potato_runs.transport.v1_servicer import V1RunsServicer
@@ -209,6 +209,9 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
             "must come from the environment; set POTATO_ADMIN_TOKEN to a random secret of 16+ "
             "characters (e.g. `openssl rand -hex 32`) and give the same value to the CLI")
     auth = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
+    # Server interceptors, applied at registration to every method of our services
+    # (health and reflection are never intercepted); the first listed runs first.
+    interceptors: list[HandlerInterceptor] = [auth.intercept]
     providers = providers or build_providers(settings.otel_exporter,
                                              settings.otel_metric_interval)
     # so_reuseport off: a second server on a busy port must fail, not split traffic.
@@ -240,7 +243,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     flag_service = FlagService(FlagsRepository(db.pool), flag_store, clock)
 
     add_service(server, RunsServicer(runs, settings.default_timeout, settings.max_timeout),
-                runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"])
+                runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"], interceptors)
     # Shadow comparisons read on a pool of their own (one connection per worker): they
     # can never take the connections that answer callers.
     shadow_pool = await create_pool(db.dsn, min_size=0, max_size=settings.shadow_workers)
@@ -252,13 +255,14 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
                                 timeout=settings.default_timeout))
     v1 = V1RunsService(runs, ReadPaths(db.pool), flag_store, clock, shadow)   # ff.potato.runs_v2
     add_service(server, V1RunsServicer(v1, settings.default_timeout, settings.max_timeout),
-                v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"])
+                v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"], interceptors)
     # ff.potato.totals_v2: computed on read, or the stored totals; shadow compares them.
     shadow.register(TOTALS_V2, ShadowPaths(TotalsReads(shadow_pool), TotalsSource.COMPUTED,
                                            TotalsSource.STORED, normalize_totals))
     totals = TotalsService(TotalsReads(db.pool), flag_store, clock, shadow)
     add_service(server, TotalsServicer(totals, settings.default_timeout, settings.max_timeout),
-                totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"])
+                totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"],
+                interceptors)
     # Nightly totals reconciliation: on the admin pool, the day claimed by one replica.
     totals_repo = TotalsRepository(admin_pool)
     reconciler = TotalsReconciler(totals_repo, clock, telemetry)
@@ -268,7 +272,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         poll=settings.totals_reconcile_poll)
     add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout,
                                       flags=flag_service, totals=reconciler),
-                admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], guard=auth.guard)
+                admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], interceptors)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE,

@@ -19,6 +19,7 @@ from potato_runs.domain.errors import DomainError, ErrorKind, Reason
 from potato_runs.transport.status import abort
 
 SCHEME = "bearer"
+ADMIN_SERVICE = "potato.runs.v2.AdminService"
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> bytes | None:
@@ -35,7 +36,7 @@ def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> bytes | None:
 
 class AdminAuth:
     """The bearer-token check of one service, applied to each of its handlers when the
-    service is registered (`registration.add_service(..., guard=auth.guard)`).
+    service is registered (`registration.add_service(..., [auth.intercept])`).
 
     It is an interceptor scoped to the AdminService: a server-wide
     `grpc.aio.ServerInterceptor` runs in Python for every RPC, and measured 63 µs per
@@ -62,9 +63,13 @@ class AdminAuth:
         # compare_digest's time depends on the lengths only, never on the content.
         return given is not None and expected is not None and hmac.compare_digest(given, expected)
 
-    def guard(self, behavior: Callable[[Any, Any], Awaitable[Any]]
-              ) -> Callable[[Any, Any], Awaitable[Any]]:
-        """`behavior`, answering UNAUTHENTICATED before it runs when the token is wrong."""
+    def intercept(self, method: str, behavior: Callable[[Any, Any], Awaitable[Any]]
+                  ) -> Callable[[Any, Any], Awaitable[Any]]:
+        """A registration.HandlerInterceptor: AdminService methods answer UNAUTHENTICATED
+        before they run when the token is wrong; other methods are left as they are."""
+        if not method.startswith(f"/{ADMIN_SERVICE}/"):
+            return behavior
+
         @functools.wraps(behavior)
         async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             if not self.allows(context.invocation_metadata()):  # type: ignore[arg-type]
