@@ -35,6 +35,12 @@ ENV_VARS: dict[str, str] = {
     "POTATO_ADMIN_TOKEN": "admin_token",
     "POTATO_FLAG_RELOAD_INTERVAL": "flag_reload_interval",
     "POTATO_TOTALS_RECONCILE_AT": "totals_reconcile_at",
+    "POTATO_TLS_CERT": "tls_cert",
+    "POTATO_TLS_KEY": "tls_key",
+    "POTATO_TLS_CLIENT_CA": "tls_client_ca",
+    "POTATO_AUTH_POLICY": "auth_policy",
+    "POTATO_MIGRATE_DSN": "migrate_dsn",
+    "POTATO_REQUEST_ID_RETENTION": "request_id_retention",
 }
 """Environment variable -> setting."""
 EMPTY_MEANS_OFF = frozenset({"POTATO_TOTALS_RECONCILE_AT"})
@@ -83,6 +89,19 @@ class Settings(BaseModel):
     None (an empty POTATO_TOTALS_RECONCILE_AT) disables it."""
     totals_reconcile_poll: float = Field(default=30.0, gt=0)
     """Seconds between the scheduler's looks at the clock (tests make it short)."""
+    tls_cert: Path | None = None
+    """PEM server certificate chain; with tls_key the server speaks only TLS."""
+    tls_key: Path | None = None
+    """PEM private key of tls_cert."""
+    tls_client_ca: Path | None = None
+    """PEM CA bundle: with it, clients must present a certificate signed by it (mTLS)."""
+    auth_policy: Path | None = None
+    """YAML access policy (identities -> roles, per method); None keeps the default:
+    RunsService and TotalsService open, AdminService behind the admin token."""
+    migrate_dsn: str | None = None
+    """DSN of the owner role that runs migrations (DDL); the serving pool uses `dsn`."""
+    request_id_retention: float = Field(default=86_400.0, gt=0)
+    """Seconds a write's request_id (AIP-155) is remembered for idempotent retries."""
 
     @field_validator("totals_reconcile_at", mode="before")
     @classmethod
