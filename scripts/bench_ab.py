@@ -11,6 +11,10 @@ median throughput per side for v2 MarkDay and GetActiveRun, and the ratio.
 Make the baseline with a git worktree, e.g.:
   git worktree add /tmp/potato-base <rev>
   .venv/bin/python scripts/bench_ab.py --base-src /tmp/potato-base/src
+
+TLS: both servers inherit the environment, so POTATO_TLS_CERT/POTATO_TLS_KEY make them
+serve TLS (the baseline must support it); the client TLS flags of the CLI (--tls-ca,
+--tls-cert, --tls-key, --tls-server-name; POTATO_TLS_CA, ...) make the load TLS too.
 """
 
 from __future__ import annotations
@@ -31,10 +35,9 @@ from pathlib import Path
 
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-import grpc
-
 from potato.runs.v2 import runs_service_pb2 as pb
 from potato.runs.v2 import runs_service_pb2_grpc
+from potato_runs.cli._common import ClientTls, add_tls_arguments, client_tls, open_aio_channel
 from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.migrate import ensure_database
 
@@ -53,9 +56,9 @@ def start(src: Path, dsn: str) -> tuple[subprocess.Popen[str], str]:
 
 
 async def load(target: str, method: str, calls: int, concurrency: int, users: list[str],
-               seed: int) -> float:
+               seed: int, tls: ClientTls) -> float:
     rng = random.Random(seed)
-    async with grpc.aio.insecure_channel(target) as ch:
+    async with open_aio_channel(target, tls, options=()) as ch:
         stub = runs_service_pb2_grpc.RunsServiceStub(ch)
         if method == "MarkDay":
             reqs: list[object] = [pb.MarkDayRequest(
@@ -85,6 +88,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--users", type=int, default=10_000)
     ap.add_argument("--fast", action="store_true", help="fsync off")
+    add_tls_arguments(ap)
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="potato-ab-"))
     os.chmod(base, 0o755)
@@ -106,7 +110,8 @@ def main() -> None:
             for r in range(args.rounds):
                 for name, target in (sides.items() if r % 2 == 0 else reversed(sides.items())):
                     got[name].append(asyncio.run(load(target, method, args.calls,
-                                                      args.concurrency, users, r)))
+                                                      args.concurrency, users, r,
+                                                      client_tls(args))))
             for name, values in got.items():
                 print(f"{method:13s} {name:9s} " + "  ".join(f"{v:7.0f}" for v in values)
                       + f"   median {statistics.median(values):7.0f} calls/s")

@@ -8,6 +8,11 @@ Starts an embedded PostgreSQL (durable settings unless --fast), starts
   2. throughput: the same mix from C concurrent clients, printing calls/s.
 
 Usage: .venv/bin/python scripts/bench_markday.py [--calls 3000] [--concurrency 16] [--fast]
+
+`--target HOST:PORT` measures a server that is already running instead. The client TLS
+flags of the CLI (--tls-ca, --tls-cert, --tls-key, --tls-server-name; POTATO_TLS_CA, ...)
+make the connection TLS; the server this script starts inherits the environment, so
+POTATO_TLS_CERT/POTATO_TLS_KEY (and POTATO_TLS_CLIENT_CA) make it serve TLS.
 """
 
 from __future__ import annotations
@@ -29,10 +34,10 @@ from pathlib import Path
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import asyncpg
-import grpc
 
 from potato.runs.v2 import runs_service_pb2 as pb
 from potato.runs.v2 import runs_service_pb2_grpc
+from potato_runs.cli._common import ClientTls, add_tls_arguments, client_tls, open_aio_channel
 from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.migrate import ensure_database
 
@@ -55,8 +60,8 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def bench(target: str, calls: int, concurrency: int) -> None:
-    async with grpc.aio.insecure_channel(target) as ch:
+async def bench(target: str, calls: int, concurrency: int, tls: ClientTls) -> None:
+    async with open_aio_channel(target, tls, options=()) as ch:
         stub = runs_service_pb2_grpc.RunsServiceStub(ch)
         for r in requests(200, 50, 1):  # warm-up
             await stub.MarkDay(r)
@@ -95,7 +100,13 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--fast", action="store_true", help="fsync off (like the test suite)")
     ap.add_argument("--dsn", help="use this PostgreSQL instead of an embedded one")
+    ap.add_argument("--target", help="measure this running server (HOST:PORT) instead")
+    add_tls_arguments(ap)
     args = ap.parse_args()
+    if args.target:
+        print(f"server: {args.target} (already running)")
+        asyncio.run(bench(args.target, args.calls, args.concurrency, client_tls(args)))
+        return
     base = Path(tempfile.mkdtemp(prefix="potato-bench-"))
     os.chmod(base, 0o755)
     cluster = None
@@ -114,7 +125,7 @@ def main() -> None:
         line = server.stdout.readline()
         target = line.split(" on ")[1].split()[0]
         print(f"server: {target}  postgres: {'fsync off' if args.fast else 'durable (fsync on)'}")
-        asyncio.run(bench(target, args.calls, args.concurrency))
+        asyncio.run(bench(target, args.calls, args.concurrency, client_tls(args)))
 
         async def sizes() -> None:
             conn = await asyncpg.connect(dsn)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One command: set up a fresh machine and run every check and test:
 # buf lint + breaking, generated-code drift, ruff, mypy --strict, pytest.
-# POTATO_HYPOTHESIS_PROFILE=deep and POTATO_SLOW=1 turn on the long runs.
+# POTATO_HYPOTHESIS_PROFILE=deep, POTATO_SLOW=1 and POTATO_FAULTS=1 (the fault suite at
+# full size; POTATO_FAULTS_REPORT=FILE collects its table) turn on the long runs; they
+# reach pytest through the environment. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh --dev

@@ -26,9 +26,10 @@ from potato.runs.v2 import admin_service_pb2_grpc, runs_service_pb2_grpc
 from potato_runs.clock import FixedClock
 from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.migrate import ensure_database, migrate
+from potato_runs.storage.roles import OWNER_ROLE
 
 sys.path.insert(0, str(Path(__file__).parent))
-from support import DEFAULT_NOW, BearerInterceptor, ServerThread
+from support import DEFAULT_NOW, BearerInterceptor, ServerThread, prepare_roles
 
 SEED_KEY = pytest.StashKey[object]()
 
@@ -68,6 +69,7 @@ def pg_dsn() -> Iterator[str]:
     """A throwaway PostgreSQL cluster (fsync off), migrated once."""
     external = os.environ.get("POTATO_TEST_DSN")
     if external:
+        asyncio.run(prepare_roles(external))
         yield external
         return
     base = Path(tempfile.mkdtemp(prefix="potato-test-pg-"))
@@ -76,9 +78,14 @@ def pg_dsn() -> Iterator[str]:
     cluster.start()
 
     async def prepare() -> None:
+        # As the embedded default does: the owner role owns the database and migrates
+        # (the superuser through SET ROLE), and every test server connects as potato_app
+        # (support.ServerThread), so the whole suite runs with least privilege.
         await ensure_database(cluster.dsn("postgres"), "potato_test")
+        await prepare_roles(cluster.dsn("potato_test"))
         conn = await asyncpg.connect(cluster.dsn("potato_test"))
         try:
+            await conn.execute(f"SET ROLE {OWNER_ROLE}")
             await migrate(conn)
         finally:
             await conn.close()

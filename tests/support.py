@@ -11,8 +11,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import shutil
+import tempfile
 import threading
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -22,6 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from potato_runs.app import App, Database, build_app
 from potato_runs.clock import FixedClock
 from potato_runs.config import Settings
+from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.pool import create_pool
 
 T = TypeVar("T")
@@ -47,9 +51,14 @@ class BearerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[m
 
 
 class ServerThread:
-    def __init__(self, dsn: str, clock: FixedClock) -> None:
+    def __init__(self, dsn: str, clock: FixedClock, **settings: Any) -> None:
+        """`settings` override the test server's Settings (e.g. auth_policy=path).
+        `dsn` is the test's (superuser) DSN; the server connects as potato_app
+        (`app_dsn`), so every test exercises the least-privilege role."""
         self.dsn = dsn
+        self.app_dsn = app_dsn(dsn)
         self.clock = clock
+        self.settings = settings
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="potato-server",
                                         daemon=True)
@@ -59,12 +68,13 @@ class ServerThread:
         self._thread.start()
 
         async def boot() -> App:
-            pool = await create_pool(self.dsn, min_size=2, max_size=20)
-            settings = Settings(host="127.0.0.1", port=0, dsn=self.dsn, grace_period=1.0,
-                                invariant_check_interval=0, health_probe_interval=0,
-                                admin_token=ADMIN_TOKEN, totals_reconcile_at=None)
+            pool = await create_pool(self.app_dsn, min_size=2, max_size=20)
+            settings = Settings(**{**dict(
+                host="127.0.0.1", port=0, dsn=self.app_dsn, grace_period=1.0,
+                invariant_check_interval=0, health_probe_interval=0,
+                admin_token=ADMIN_TOKEN, totals_reconcile_at=None), **self.settings})
             return await build_app(settings, clock=self.clock,
-                                   database=Database(dsn=self.dsn, pool=pool))
+                                   database=Database(dsn=self.app_dsn, pool=pool))
 
         self.app = self.run(boot())
         return self
@@ -136,9 +146,41 @@ def alive(pid: int) -> bool:
     return True
 
 
+APP_PASSWORD = "potato-app-test-password"
+"""potato_app's password in the test cluster (tests/conftest.py creates the roles)."""
+
+
+def app_dsn(dsn: str) -> str:
+    """`dsn` (any database of the test cluster) as potato_app, the least-privilege role
+    every test server connects as (storage/roles.py)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from potato_runs.storage.roles import APP_ROLE
+
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{APP_ROLE}:{APP_PASSWORD}@{host}"))
+
+
+async def prepare_roles(superuser_dsn: str) -> None:
+    """The embedded cluster's role setup (storage/roles.py: potato_owner owns the
+    database, potato_app may only use it) on a database of the test cluster, and
+    potato_app's grants on whatever is already there."""
+    from potato_runs.storage.migrate import sync_grants
+    from potato_runs.storage.roles import prepare_cluster
+
+    conn = await asyncpg.connect(superuser_dsn)
+    try:
+        await prepare_cluster(conn, app_password=APP_PASSWORD)
+        await sync_grants(conn)
+    finally:
+        await conn.close()
+
+
 def fresh_database(pg_dsn: str, name: str) -> str:
     """A migrated database `name` of its own in the test cluster (created when missing):
-    for tests that read or change everything (population diff, reconciliation)."""
+    for tests that read or change everything (population diff, reconciliation). The
+    migration grants potato_app its privileges (ServerThread connects as it)."""
     from potato_runs.storage.migrate import ensure_database, migrate
 
     dsn = pg_dsn.rsplit("/", 1)[0] + "/" + name
@@ -185,3 +227,34 @@ SELECT count(*) FROM (
 """
 """Rows where the stored totals differ from the computed ones, counted independently of
 the service's reconciliation (0 when every stored total is right)."""
+
+
+@contextlib.contextmanager
+def stoppable_cluster(prefix: str, database: str, *,
+                      fast_unsafe: bool = True) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL cluster of one test's own, which the test may stop and start (an
+    outage) without touching the session cluster: database `database` migrated by the
+    superuser (as the owner role) and potato_app prepared, as in the embedded default.
+    `fast_unsafe=False` keeps fsync on (a durable cluster)."""
+    from potato_runs.storage.migrate import ensure_database, migrate
+
+    base = tempfile.mkdtemp(prefix=f"potato-{prefix}-")
+    os.chmod(base, 0o755)   # the cluster may run as `nobody` (root): it must reach it
+    pg = EmbeddedPostgres(Path(base) / "cluster", fast_unsafe=fast_unsafe)
+    pg.start()
+
+    async def prepare() -> None:
+        await ensure_database(pg.dsn("postgres"), database)
+        conn = await asyncpg.connect(pg.dsn(database))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        await prepare_roles(pg.dsn(database))
+
+    try:
+        asyncio.run(prepare())
+        yield pg
+    finally:
+        pg.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -18,7 +18,7 @@ from potato.runs.v1 import runs_service_pb2 as v1_runs_service_pb2
 from potato.runs.v2 import admin_service_pb2, runs_service_pb2, totals_service_pb2
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
-from potato_runs.deadline import Deadline
+from potato_runs.domain.access_policy import PolicyError
 from potato_runs.domain.flags import TOTALS_V2
 from potato_runs.domain.totals_answers import TotalsSource
 from potato_runs.domain.totals_answers import normalize as normalize_totals
@@ -27,6 +27,7 @@ from potato_runs.service.admin_service import AdminService
 from potato_runs.service.database_probe import DatabaseProbe
 from potato_runs.service.flags import FlagService, FlagStore
 from potato_runs.service.invariant_monitor import InvariantMonitor
+from potato_runs.service.request_id_purge import RequestIdPurge
 from potato_runs.service.runs_service import RunsService
 from potato_runs.service.shadow import ShadowComparer, ShadowPaths, ShadowSettings
 from potato_runs.service.telemetry import Telemetry
@@ -34,19 +35,25 @@ from potato_runs.service.totals_reconcile import DailyTotalsReconcile, TotalsRec
 from potato_runs.service.totals_service import TotalsService
 from potato_runs.service.v1_runs import V1RunsService
 from potato_runs.storage.admin_repo import AdminRepository
+from potato_runs.storage.db_call import observe, unobserve
 from potato_runs.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from potato_runs.storage.flags_repo import FlagsRepository
-from potato_runs.storage.migrate import ensure_database, migrate
+from potato_runs.storage.health_ping import HealthPing
+from potato_runs.storage.migrate import ensure_database, migrate, sync_grants
 from potato_runs.storage.pool import create_pool
 from potato_runs.storage.read_paths import ReadPaths
+from potato_runs.storage.request_ids_repo import RequestIdsRepository
+from potato_runs.storage.roles import OWNER_ROLE, ddl_powers, prepare_cluster
 from potato_runs.storage.runs_repo import RunsRepository
 from potato_runs.storage.shadow_repo import ShadowRepository
 from potato_runs.storage.totals_reads import TotalsReads
 from potato_runs.storage.totals_repo import TotalsRepository
+from potato_runs.transport.access import AccessControl
 from potato_runs.transport.admin_servicer import AdminServicer
-from potato_runs.transport.auth import AdminAuth
 from potato_runs.transport.registration import HandlerInterceptor, add_service
 from potato_runs.transport.runs_servicer import RunsServicer
+from potato_runs.transport.shedding import LoadShedder
+from potato_runs.transport.tls import ServerTls, TlsError, server_tls
 from potato_runs.transport.totals_servicer import TotalsServicer
 from potato_runs.transport.v1_servicer import V1RunsServicer
 
@@ -57,7 +64,12 @@ ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].fu
 V1_RUNS_SERVICE = v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_name
 TOTALS_SERVICE = totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"].full_name
 ADMIN_POOL_SIZE = 2
+DRAIN_WAIT = 1.0
+"""Most seconds a stopping server answers new calls UNAVAILABLE before gRPC's own stop."""
 INVARIANTS_HEALTH = "potato.runs.v2.Invariants"
+PING_TIMEOUT = 0.8
+"""Seconds a health ping may take: a database that does not answer within it is down,
+and health says so within a second."""
 """Health service name that turns NOT_SERVING while the invariant checker finds violations."""
 
 
@@ -65,11 +77,43 @@ class StartupError(RuntimeError):
     """The server could not start (e.g. it could not bind its address)."""
 
 
+@dataclass(frozen=True)
+class Migrator:
+    """Where migrations (DDL) run: the owner role's DSN (POTATO_MIGRATE_DSN, else
+    POTATO_DSN), or on the embedded cluster its superuser acting as the owner role
+    (`role`, through SET ROLE: the owner needs no password of its own)."""
+
+    dsn: str
+    role: str | None = None
+
+    async def connect(self) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.dsn)
+        if self.role is not None:
+            try:
+                await conn.execute(f"SET ROLE {self.role}")
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
+
+    async def run(self) -> list[str]:
+        """Applies the pending migrations (and the grants of potato_app) on a connection
+        of its own: no pool command_timeout (migrate() bounds its statements), and
+        closing it ends any session lock."""
+        conn = await self.connect()
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+
 @dataclass
 class Database:
     dsn: str
+    """What the server's connections use (on the embedded cluster: potato_app)."""
     pool: asyncpg.Pool
     embedded: EmbeddedPostgres | None = None
+    migrator: Migrator | None = None
 
     async def close(self) -> None:
         try:
@@ -90,27 +134,65 @@ async def open_database(settings: Settings, *, run_migrations: bool = True,
     (and its data directory released) before the error propagates."""
     embedded = None
     dsn = settings.dsn
+    if dsn is None and settings.migrate_dsn is not None:
+        raise StartupError("POTATO_MIGRATE_DSN (--migrate-dsn) goes with POTATO_DSN (--dsn); "
+                           "the embedded cluster migrates as its own owner role")
     if dsn is None:
         embedded = EmbeddedPostgres(settings.data_dir)
-        dsn = await asyncio.to_thread(embedded.start, create=create_cluster)
+        await asyncio.to_thread(embedded.start, create=create_cluster)
+        migrator = Migrator(embedded.dsn(), role=OWNER_ROLE)
+    else:
+        migrator = Migrator(settings.migrate_dsn or dsn)
     try:
-        if embedded is not None and create_cluster:
-            await ensure_database(embedded.dsn("postgres"), "potato")
+        if embedded is not None:
+            if create_cluster:
+                await ensure_database(embedded.dsn("postgres"), "potato")
+            dsn = await _prepare_embedded(embedded, grant=not run_migrations)
         if run_migrations:
-            conn = await asyncpg.connect(dsn)
-            try:
-                applied = await migrate(conn)
-            finally:
-                await conn.close()
+            applied = await migrator.run()
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
+        assert dsn is not None
         pool = await create_pool(dsn, min_size=settings.pool_min_size,
                                  max_size=settings.pool_max_size)
     except BaseException:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-    return Database(dsn=dsn, pool=pool, embedded=embedded)
+    return Database(dsn=dsn, pool=pool, embedded=embedded, migrator=migrator)
+
+
+async def _prepare_embedded(embedded: EmbeddedPostgres, *, grant: bool) -> str:
+    """The embedded cluster's roles (created, or a cluster from before them upgraded:
+    storage/roles.py), as its superuser; returns potato_app's DSN, the one every server
+    connection uses. `grant`: when no migration runs next (operator commands), the
+    grants migrate() would give potato_app, as the owner role."""
+    password = await asyncio.to_thread(embedded.app_password)
+    conn = await asyncpg.connect(embedded.dsn())
+    try:
+        await prepare_cluster(conn, app_password=password)
+        if grant:
+            await conn.execute(f"SET ROLE {OWNER_ROLE}")
+            await sync_grants(conn)
+    finally:
+        await conn.close()
+    return embedded.app_dsn()
+
+
+async def _warn_if_ddl(pool: asyncpg.Pool) -> None:
+    """`serve --dsn` with a role that could change the schema still serves, but says so:
+    one SQL injection away from DROP TABLE (docs/security.md#database-roles)."""
+    try:
+        async with pool.acquire() as conn:
+            role = await conn.fetchval("SELECT current_user")
+            powers = await ddl_powers(conn)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("could not check the serving role's privileges: %s", exc)
+        return
+    if powers:
+        log.warning("the serving role %s can change the schema (%s): serve with POTATO_DSN "
+                    "of a role with DML only (potato_app) and POTATO_MIGRATE_DSN of the owner "
+                    "role; see docs/security.md#database-roles", role, ", ".join(powers))
 
 
 @dataclass
@@ -133,17 +215,51 @@ class App:
     shadow: ShadowComparer | None = None
     shadow_pool: asyncpg.Pool | None = None
     totals_reconcile: DailyTotalsReconcile | None = None
+    request_id_purge: RequestIdPurge | None = None
+    tls: ServerTls | None = None
+    access: AccessControl | None = None
+    shedder: LoadShedder | None = None
+
+    def reload(self) -> None:
+        """What SIGHUP does: reads the TLS certificate, key and client CA again (new
+        connections use them, open ones are kept; a bad file keeps the old ones and
+        logs one error). Without TLS there is nothing to reload. It also reads the access
+        policy file again (a broken one keeps the policy in force and logs one error)."""
+        policy = self.access is not None and self.access.policy_path is not None
+        if policy:
+            assert self.access is not None
+            self.access.reload()
+        if self.tls is None:
+            if not policy:
+                log.info("reload: nothing to reload (no TLS configured)")
+            return
+        self.tls.reload()
 
     async def stop(self, grace: float | None = None) -> None:
         if self._stopped:
             return
         self._stopped = True
         self.health.enter_graceful_shutdown()
+        grace = self.settings.grace_period if grace is None else grace
+        started = asyncio.get_running_loop().time()
+        if self.shedder is not None:
+            # New calls get UNAVAILABLE (retry elsewhere) while those in flight finish;
+            # gRPC's stop below would cancel the calls it received but had not handed
+            # to a handler (transport/shedding.py).
+            # Bounded well inside the grace period: under steady traffic calls keep
+            # arriving (and are refused), and the calls in flight get the rest of it.
+            self.shedder.drain()
+            await self.shedder.quiesce(min(grace, DRAIN_WAIT))
         await self.monitor.stop()
         if self.totals_reconcile is not None:
             await self.totals_reconcile.stop()
-        await self.probe.stop()
-        await self.server.stop(self.settings.grace_period if grace is None else grace)
+        if self.request_id_purge is not None:
+            await self.request_id_purge.stop()
+        await self.probe.stop()   # and closes its ping session
+        for pool in (self.database.pool, self.admin_pool, self.shadow_pool):
+            if pool is not None:
+                unobserve(pool)
+        await self.server.stop(max(grace - (asyncio.get_running_loop().time() - started), 0.0))
         if self.shadow is not None:   # after the server: the last reads have submitted
             await self.shadow.stop()
         if self.shadow_pool is not None:
@@ -174,8 +290,10 @@ def _admin_token(settings: Settings, injected: bool) -> str:
     return token
 
 
-def _bind(server: grpc.aio.Server, host: str, port: int) -> int:
-    """server.add_insecure_port, or 0 when the address cannot be bound. A plain socket
+def _bind(server: grpc.aio.Server, host: str, port: int,
+          credentials: grpc.ServerCredentials | None = None) -> int:
+    """server.add_insecure_port (add_secure_port with credentials: TLS), or 0 when the
+    address cannot be bound. A plain socket
     tries first (as gRPC binds: SO_REUSEADDR, no SO_REUSEPORT), so a busy port is
     refused without gRPC's own error log on stderr: `serve` prints one `error:` line."""
     if port != 0:
@@ -192,6 +310,8 @@ def _bind(server: grpc.aio.Server, host: str, port: int) -> int:
                 except OSError:
                     return 0
     try:
+        if credentials is not None:
+            return server.add_secure_port(f"{host}:{port}", credentials)
         return server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:
         return 0
@@ -208,17 +328,33 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
             "POTATO_ADMIN_TOKEN is not set: with --dsn (or POTATO_DSN) the AdminService token "
             "must come from the environment; set POTATO_ADMIN_TOKEN to a random secret of 16+ "
             "characters (e.g. `openssl rand -hex 32`) and give the same value to the CLI")
-    auth = AdminAuth(settings.admin_token.get_secret_value() if settings.admin_token else None)
+    try:   # the TLS files are read and checked before anything starts
+        tls = server_tls(settings)
+    except TlsError as exc:
+        raise StartupError(str(exc)) from exc
+    try:   # the access policy is read and checked before anything starts
+        access = AccessControl(
+            settings.admin_token.get_secret_value() if settings.admin_token else None,
+            settings.auth_policy)
+    except PolicyError as exc:
+        raise StartupError(str(exc)) from exc
     # Server interceptors, applied at registration to every method of our services
     # (health and reflection are never intercepted); the first listed runs first.
-    interceptors: list[HandlerInterceptor] = [auth.intercept]
+    # Load shedding: calls beyond max_concurrent_rpcs in flight in our services get
+    # RESOURCE_EXHAUSTED at once, with a retry pushback (transport/shedding.py).
+    shedder = LoadShedder(settings.max_concurrent_rpcs)
+    interceptors: list[HandlerInterceptor] = [access.intercept, shedder.intercept]
     providers = providers or build_providers(settings.otel_exporter,
                                              settings.otel_metric_interval)
     # so_reuseport off: a second server on a busy port must fail, not split traffic.
-    server = grpc.aio.server(maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-                             options=[("grpc.so_reuseport", 0)])
+    # No `maximum_concurrent_rpcs`: gRPC's own limit counts health checks too (probes
+    # were refused under load) and answered its excess calls slowly, a third of them
+    # CANCELLED without trailers (scripts/bench_overload.py); the shedder above is the
+    # limit, and health, reflection and RollbackFlag are never refused.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     # Bind before the database opens: a busy port fails before any cluster is created.
-    port = _bind(server, settings.host, settings.port)
+    port = _bind(server, settings.host, settings.port,
+                 tls.credentials() if tls is not None else None)
     if port == 0:
         await server.stop(0)
         raise StartupError(f"could not bind {settings.host}:{settings.port} (the port is in "
@@ -228,6 +364,8 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     except BaseException:
         await server.stop(0)
         raise
+    if database is None and db.embedded is None:
+        await _warn_if_ddl(db.pool)
     telemetry = Telemetry(providers.tracer(), providers.meter())
     runs_repo = RunsRepository(db.pool)
     # Operator work (rebuilds, full checks, the monitor) gets its own small pool, so
@@ -270,6 +408,9 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         reconciler, totals_repo, clock, settings.totals_reconcile_at,
         f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
         poll=settings.totals_reconcile_poll)
+    # AIP-155 request ids past their retention: purged on the admin pool, in every replica.
+    request_id_purge = RequestIdPurge(RequestIdsRepository(admin_pool), clock,
+                                      settings.request_id_retention)
     add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout,
                                       flags=flag_service, totals=reconciler),
                 admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], interceptors)
@@ -293,16 +434,24 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE):
             health_servicer.set(name, status)
 
-    async def ping() -> bool:
-        return await runs_repo.ping(Deadline.after(2.0))
+    # Health follows the database within a second: calls report their outcome
+    # (db_call.observe, below), the probe pings on a session of its own.
+    health_ping = HealthPing(db.dsn)
 
-    probe = DatabaseProbe(ping, settings.health_probe_interval, serving)
+    async def ping() -> bool:
+        return await health_ping(PING_TIMEOUT)
+
+    probe = DatabaseProbe(ping, settings.health_probe_interval, serving,
+                          close=health_ping.close)
     reflection.enable_server_reflection(
         (RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME,
          reflection.SERVICE_NAME), server)
     try:
         if settings.admin_token is None:
-            auth.token = _admin_token(settings, database is not None)
+            try:
+                access.admin_token = _admin_token(settings, database is not None)
+            except PolicyError as exc:   # a policy identity holds the admin token's hash
+                raise StartupError(str(exc)) from exc
         await flag_store.start()   # the first load, before serving
         await server.start()
     except BaseException:
@@ -314,11 +463,16 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
             await db.close()
         raise
     monitor.start()
+    for pool in (db.pool, admin_pool, shadow_pool):
+        observe(pool, probe)
     probe.start()
     totals_reconcile.start()
+    request_id_purge.start()
     shadow.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
                admin=admin, health=health_servicer, monitor=monitor, probe=probe,
                providers=providers,
                admin_pool=admin_pool, flags=flag_store, v1=v1, totals=totals, shadow=shadow,
-               shadow_pool=shadow_pool, totals_reconcile=totals_reconcile)
+               shadow_pool=shadow_pool, totals_reconcile=totals_reconcile,
+               request_id_purge=request_id_purge, tls=tls,
+               access=access, shedder=shedder)

@@ -13,6 +13,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from support import app_dsn
+
 from .clitools import ADMIN_TOKEN, ENV, assert_plain_error, cli, start, stop
 
 A, B = str(uuid.UUID(int=11)), str(uuid.UUID(int=12))
@@ -40,8 +42,9 @@ def flag(pg_dsn: str) -> Iterator[str]:
 
 @pytest.fixture
 def target(pg_dsn: str) -> Iterator[str]:
-    """`serve --dsn` (the token comes from POTATO_ADMIN_TOKEN in clitools.ENV)."""
-    proc, where = start(None, "--dsn", pg_dsn)
+    """`serve --dsn` as potato_app, migrating as the superuser (--migrate-dsn); the
+    token comes from POTATO_ADMIN_TOKEN in clitools.ENV."""
+    proc, where = start(None, "--dsn", app_dsn(pg_dsn), "--migrate-dsn", pg_dsn)
     try:
         yield where
     finally:

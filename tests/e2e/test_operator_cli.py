@@ -24,6 +24,7 @@ import pytest
 from integration.test_rebuild_check import BASE, create_scratch, drop_scratch, seed
 
 from e2e.clitools import ENV, EXE, cli, stop
+from support import app_dsn
 
 TOKEN = "e2e-operator-token-" + uuid.uuid4().hex
 AENV = {**ENV, "POTATO_ADMIN_TOKEN": TOKEN, "COLUMNS": "200"}
@@ -43,7 +44,7 @@ def serve(*args: str, env: dict[str, str] = AENV) -> tuple[subprocess.Popen[str]
 def live(pg_dsn: str) -> Iterator[tuple[str, str]]:
     """A server on a scratch database of its own: (dsn, target)."""
     dsn = asyncio.run(create_scratch(pg_dsn))
-    proc, target = serve("--dsn", dsn)
+    proc, target = serve("--dsn", app_dsn(dsn), "--migrate-dsn", dsn)   # serves as potato_app
     try:
         yield dsn, target
     finally:

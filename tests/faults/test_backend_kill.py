@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import os
 import random
 import uuid
 
 import asyncpg
 import grpc
 
+from faults.load import FULL, Calls, report
 from potato.runs.v1 import runs_service_pb2 as v1
 from potato.runs.v1 import runs_service_pb2_grpc as v1_grpc
 from potato.runs.v2 import runs_service_pb2 as pb
@@ -26,7 +26,7 @@ from potato.runs.v2 import runs_service_pb2_grpc as pb_grpc
 from potato_runs.storage.admin_repo import INVARIANT_QUERIES, invariant_sql
 from support import rich_status
 
-ROUNDS = 2_000 if os.environ.get("POTATO_FAULTS") else 300
+ROUNDS = 2_000 if FULL else 300
 ACCEPTABLE = {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
               grpc.StatusCode.ABORTED}
 
@@ -76,6 +76,10 @@ async def test_killed_backends_never_give_internal(channel: grpc.aio.Channel,
     kills = await kill_task
     print(f"\nbackend kills: {kills}; status codes: {dict(seen)}; "
           f"write outcomes of UNAVAILABLE writes: {dict(outcomes)}")
+    calls = Calls(codes=collections.Counter({c.name: n for c, n in seen.items()}),
+                  outcomes=outcomes, acked_writes=sum(map(len, acknowledged.values())))
+    report("pg_terminate_backend every 50 ms, in-process server", calls, None,
+           "n/a (next call)", f"{kills} backends terminated; acknowledged marks checked below")
     assert set(outcomes) <= {"unknown", "not_applied"}, outcomes
     assert kills > 0
     assert set(seen) <= ACCEPTABLE, dict(seen)

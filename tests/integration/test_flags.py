@@ -35,7 +35,7 @@ from potato_runs.service.flags import (
 )
 from potato_runs.storage.flags_repo import FlagsRepository
 from potato_runs.storage.pool import create_pool
-from support import ADMIN_TOKEN, ServerThread, rich_status
+from support import ADMIN_TOKEN, ServerThread, app_dsn, rich_status
 
 VISIBLE_WITHIN = 1.0
 """Seconds within which every replica must see a flag change (issue 6, section 3)."""
@@ -290,8 +290,9 @@ async def test_a_direct_sql_change_is_seen_within_a_second(
 async def replica(pg_dsn: str) -> AsyncIterator[tuple[FlagStore, FlagService]]:
     """A second replica's flag store and use cases on the same database (no polling
     fallback within the test: reload_interval is long)."""
-    pool = await create_pool(pg_dsn, min_size=1, max_size=2)
-    store = FlagStore(pg_dsn, pool, reload_interval=600)
+    dsn = app_dsn(pg_dsn)   # the least-privilege role, as every test server
+    pool = await create_pool(dsn, min_size=1, max_size=2)
+    store = FlagStore(dsn, pool, reload_interval=600)
     await store.start()
     try:
         yield store, FlagService(FlagsRepository(pool), store, SystemClock())

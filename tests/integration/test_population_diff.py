@@ -38,7 +38,7 @@ from potato_runs.storage.admin_repo import AdminRepository, current_streak_sql
 from potato_runs.storage.pool import create_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support import DEFAULT_NOW, OneConnectionPool, rich_status
+from support import DEFAULT_NOW, OneConnectionPool, app_dsn, rich_status
 
 from .test_rebuild_check import create_scratch, drop_scratch, seed, span
 
@@ -51,7 +51,7 @@ RECENT = span("2026-11-15", "2026-11-20")   # current at NOW (ends yesterday, UT
 async def fresh(pg_dsn: str) -> AsyncIterator[tuple[asyncpg.Connection, AdminService, str]]:
     """A database of its own (the diff covers everyone): (connection, service, dsn)."""
     dsn = await create_scratch(pg_dsn)
-    pool = await create_pool(dsn, min_size=1, max_size=4)
+    pool = await create_pool(app_dsn(dsn), min_size=1, max_size=4)   # as the server would
     conn = await asyncpg.connect(dsn)
     try:
         yield conn, AdminService(AdminRepository(pool), FixedClock(NOW), Telemetry()), dsn

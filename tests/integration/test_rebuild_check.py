@@ -55,7 +55,14 @@ from potato_runs.storage.migrate import ensure_database, migrate
 from potato_runs.storage.pool import create_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from support import DEFAULT_NOW, BearerInterceptor, OneConnectionPool, ServerThread, rich_status
+from support import (
+    DEFAULT_NOW,
+    BearerInterceptor,
+    OneConnectionPool,
+    ServerThread,
+    app_dsn,
+    rich_status,
+)
 
 from .helpers import checkin_dates as facts_of
 from .helpers import stored_rows as runs_full
@@ -154,7 +161,7 @@ async def admin_stub(scratch_server: ServerThread) -> AsyncIterator[AdminService
 async def fresh(pg_dsn: str) -> AsyncIterator[tuple[str, asyncpg.Connection, AdminService]]:
     """A database of its own, for checks of everyone: (dsn, connection, AdminService)."""
     dsn = await create_scratch(pg_dsn)
-    pool = await create_pool(dsn, min_size=1, max_size=4)
+    pool = await create_pool(app_dsn(dsn), min_size=1, max_size=4)   # as the server would
     conn = await asyncpg.connect(dsn)
     try:
         yield dsn, conn, AdminService(AdminRepository(pool), FixedClock(NOW), Telemetry())

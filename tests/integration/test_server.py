@@ -16,7 +16,7 @@ from potato_runs.clock import FixedClock
 from potato_runs.config import Settings
 from potato_runs.storage.embedded import free_port
 from potato_runs.storage.pool import create_pool
-from support import rich_status
+from support import app_dsn, rich_status
 
 from .helpers import settle_advisory_waiters
 
@@ -115,10 +115,13 @@ async def test_invariant_violations_turn_the_invariants_health_not_serving(pg_ds
     name = f"scratch_{uuid.uuid4().hex[:8]}"
     admin_dsn = pg_dsn.rsplit("/", 1)[0] + "/postgres"
     await ensure_database(admin_dsn, name)
-    dsn = pg_dsn.rsplit("/", 1)[0] + "/" + name
+    owner = await asyncpg.connect(pg_dsn.rsplit("/", 1)[0] + "/" + name)
+    try:   # migrated by the superuser, served as potato_app
+        await migrate(owner)
+    finally:
+        await owner.close()
+    dsn = app_dsn(pg_dsn.rsplit("/", 1)[0] + "/" + name)
     pool = await create_pool(dsn, min_size=1, max_size=4)
-    async with pool.acquire() as conn:
-        await migrate(conn)
     app = await build_app(Settings(port=0, dsn=dsn, invariant_check_interval=0),
                           clock=FixedClock(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)),
                           database=Database(dsn=dsn, pool=pool))
@@ -157,8 +160,8 @@ async def test_a_second_server_on_a_busy_port_fails_instead_of_sharing_it(
     from potato_runs.app import StartupError
 
     busy = server.port  # type: ignore[attr-defined]
-    pool = await create_pool(pg_dsn, min_size=0, max_size=1)
+    pool = await create_pool(app_dsn(pg_dsn), min_size=0, max_size=1)
     with pytest.raises(StartupError):
-        await build_app(Settings(port=busy, dsn=pg_dsn, invariant_check_interval=0),
-                        database=Database(dsn=pg_dsn, pool=pool))
+        await build_app(Settings(port=busy, dsn=app_dsn(pg_dsn), invariant_check_interval=0),
+                        database=Database(dsn=app_dsn(pg_dsn), pool=pool))
     await pool.close()

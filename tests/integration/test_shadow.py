@@ -36,6 +36,7 @@ from potato_runs.service.v1_runs import CurrentRunQuery
 from potato_runs.storage.pool import create_pool
 from potato_runs.storage.read_paths import ReadPaths
 from potato_runs.storage.shadow_repo import CountKey, Mismatch, ShadowRepository
+from support import app_dsn
 
 from .helpers import NY
 from .v1_support import SHADOW_ALL, forget, read, until
@@ -62,11 +63,12 @@ async def shadowed(pg_dsn: str) -> AsyncIterator[Shadowed]:
     hour = dt.datetime(2040, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=random.randrange(10**6))
     reader = InMemoryMetricReader()
     providers = build_providers("none", extra_reader=reader)
-    pool = await create_pool(pg_dsn, min_size=1, max_size=4)
-    settings = Settings(port=0, dsn=pg_dsn, invariant_check_interval=0, health_probe_interval=0,
+    dsn = app_dsn(pg_dsn)   # the least-privilege role, as every test server
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    settings = Settings(port=0, dsn=dsn, invariant_check_interval=0, health_probe_interval=0,
                         shadow_workers=1, shadow_queue_size=2, shadow_mismatch_cap=CAP)
     app = await build_app(settings, clock=FixedClock(hour + dt.timedelta(minutes=30)),
-                          database=Database(dsn=pg_dsn, pool=pool), providers=providers)
+                          database=Database(dsn=dsn, pool=pool), providers=providers)
     assert app.v1 is not None
     app.v1.flags = SHADOW_ALL
     try:

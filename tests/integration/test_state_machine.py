@@ -50,6 +50,7 @@ Replaying a failure:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
@@ -94,6 +95,7 @@ LEAP_DAY = dt.date(2028, 2, 29)
 ZONES = ("America/New_York", "Europe/London", "Australia/Lord_Howe", "Asia/Kathmandu",
          "Pacific/Kiritimati", "Pacific/Pago_Pago")
 PAGE_SIZES = (0, 7, 50, 500)
+WRITES = (pb.MarkDayRequest, pb.UnmarkDayRequest, pb.BackfillDaysRequest)
 
 
 
@@ -225,6 +227,9 @@ class RunsMachine(RuleBasedStateMachine):
         self.quiet = True          # the step must not have written any run event
         self.events = 0
         self.steps = 0
+        self.last_write: tuple[Any, Any, Any] | None = None
+        """(method, request, response) of the last successful write: every write carries
+        a fresh request_id, and retry_the_last_write sends it again (AIP-155)."""
 
     # ------------------------------------------------------------------ helpers
     def today(self, zone: str | None) -> dt.date:
@@ -236,10 +241,16 @@ class RunsMachine(RuleBasedStateMachine):
         return spec
 
     def call(self, method: Any, request: Any) -> tuple[Any, grpc.RpcError | None]:
+        write = isinstance(request, WRITES)
+        if write and not request.request_id:
+            request.request_id = str(uuid.uuid4())
         try:
-            return method(request, timeout=30), None
+            response = method(request, timeout=30)
         except grpc.RpcError as err:
             return None, err
+        if write:
+            self.last_write = (method, request, response)
+        return response, None
 
     def expect_rejected(self, err: grpc.RpcError | None, reasons: set[str]) -> None:
         assert err is not None, f"expected INVALID_ARGUMENT {sorted(reasons)}, the call succeeded"
@@ -325,6 +336,20 @@ class RunsMachine(RuleBasedStateMachine):
         assert resp.time_zone == eff
         outcome(f"mark: {run_pb2.RunChange.Name(change)}")
         self.quiet = change == run_pb2.RUN_CHANGE_NONE
+
+    @precondition(lambda self: self.last_write is not None)
+    @rule()
+    def retry_the_last_write(self) -> None:
+        """The same request with the same request_id, whatever happened since (other
+        writes, the clock moved, the zone changed): the original response, nothing
+        written (the model and the events stay as they are)."""
+        assert self.last_write is not None
+        method, request, first = self.last_write
+        again, err = self.call(method, request)
+        assert err is None, describe(err)
+        assert again == first, (again, first)
+        outcome("retry: the original response")
+        self.quiet = True
 
     @rule(day=day_specs, zone=zones)
     def mark(self, day: dt.date | Ago, zone: str | None) -> None:
@@ -674,6 +699,21 @@ class RunsMachine(RuleBasedStateMachine):
 
 
 def test_runs_state_machine(server: ServerThread, clock: FixedClock) -> None:
+    # The clock jumps by days here: the request-id purge would forget the ids that
+    # retry_the_last_write sends again. Paused meanwhile.
+    assert server.app is not None and server.app.request_id_purge is not None
+    purge = server.app.request_id_purge
+    server.run(purge.stop())
+    with contextlib.ExitStack() as resume:
+        resume.callback(lambda: server.run(_start(purge)))
+        _run_the_machine(server, clock)
+
+
+async def _start(periodic: Any) -> None:
+    periodic.start()   # on the server's loop
+
+
+def _run_the_machine(server: ServerThread, clock: FixedClock) -> None:
     with grpc.insecure_channel(server.target) as channel:
         RunsMachine.harness = Harness(server=server, clock=clock, stub=RunsServiceStub(channel))
         OUTCOMES.clear()

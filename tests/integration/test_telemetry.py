@@ -19,6 +19,7 @@ from potato_runs.clock import FixedClock
 from potato_runs.config import Settings
 from potato_runs.observability import ObservabilityError, build_providers
 from potato_runs.storage.pool import create_pool
+from support import app_dsn
 
 
 @pytest.fixture
@@ -26,10 +27,11 @@ async def observed(pg_dsn: str) -> AsyncIterator[tuple[App, InMemoryMetricReader
                                                         InMemorySpanExporter]]:
     reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
     providers = build_providers("none", extra_reader=reader, extra_spans=spans)
-    pool = await create_pool(pg_dsn, min_size=1, max_size=4)
-    app = await build_app(Settings(port=0, dsn=pg_dsn, invariant_check_interval=0),
+    dsn = app_dsn(pg_dsn)   # the least-privilege role, as every test server
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    app = await build_app(Settings(port=0, dsn=dsn, invariant_check_interval=0),
                           clock=FixedClock(dt.datetime(2025, 7, 1, 12, tzinfo=dt.UTC)),
-                          database=Database(dsn=pg_dsn, pool=pool), providers=providers)
+                          database=Database(dsn=dsn, pool=pool), providers=providers)
     try:
         yield app, reader, spans
     finally:

@@ -38,6 +38,7 @@ from support import (
     TOTALS_DRIFT,
     BearerInterceptor,
     ServerThread,
+    app_dsn,
     fresh_database,
     rich_status,
 )
@@ -278,11 +279,12 @@ async def test_reconcile_totals_rpc_needs_the_admin_token(replica: ServerThread)
 
 # --------------------------------------------------------------------------- the schedule
 async def _replica(rdsn: str, clock: FixedClock, at: dt.time | None) -> App:
-    pool = await create_pool(rdsn, min_size=1, max_size=4)
-    settings = Settings(port=0, dsn=rdsn, invariant_check_interval=0, health_probe_interval=0,
+    dsn = app_dsn(rdsn)   # the least-privilege role, as every test server
+    pool = await create_pool(dsn, min_size=1, max_size=4)
+    settings = Settings(port=0, dsn=dsn, invariant_check_interval=0, health_probe_interval=0,
                         admin_token=ADMIN_TOKEN, totals_reconcile_at=at,
                         totals_reconcile_poll=0.02)
-    return await build_app(settings, clock=clock, database=Database(dsn=rdsn, pool=pool))
+    return await build_app(settings, clock=clock, database=Database(dsn=dsn, pool=pool))
 
 
 async def until(check: Any, bound: float, what: str) -> None:

@@ -473,6 +473,10 @@ async def test_each_path_reads_only_its_own_tables(
     try:
         await db.execute("CREATE ROLE potato_totals_probe NOLOGIN")
         await db.execute(f"GRANT SELECT ON {readable} TO potato_totals_probe")
+        # PUBLIC has no USAGE on the schema nor EXECUTE on the service's functions
+        # (storage/roles.py): the probe needs its own.
+        await db.execute("GRANT USAGE ON SCHEMA public TO potato_totals_probe")
+        await db.execute("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO potato_totals_probe")
         await db.execute("SET LOCAL ROLE potato_totals_probe")
         life = await reads.read(Deadline.after(5), lambda r: r.lifetime(allowed, uid))
         rows = await reads.read(Deadline.after(5), lambda r: r.months(allowed, uid, everything,

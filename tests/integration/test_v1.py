@@ -369,6 +369,8 @@ async def test_each_path_reads_only_its_own_tables(
     try:
         await db.execute("CREATE ROLE potato_read_probe NOLOGIN")
         await db.execute(f"GRANT SELECT ON {readable} TO potato_read_probe")
+        # PUBLIC has no USAGE on the schema (storage/roles.py): the probe needs its own.
+        await db.execute("GRANT USAGE ON SCHEMA public TO potato_read_probe")
         await db.execute("SET LOCAL ROLE potato_read_probe")
         current = await paths.current(allowed, user, Deadline.after(5))
         runs = await paths.runs(allowed, user, 10, Deadline.after(5))

@@ -3,12 +3,18 @@ one-line errors."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import contextvars
+import functools
+import inspect
 import os
+import ssl
 import sys
 import urllib.parse
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from potato_runs.config import Settings
+from potato_runs.transport.service_config import CHANNEL_OPTIONS as RETRY_CHANNEL_OPTIONS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Potato Runs: check-in facts and streak runs over gRPC.")
@@ -76,6 +83,69 @@ TargetOpt = typer.Option(None, "--target", help="host:port of a running server "
                          "(default: $POTATO_TARGET or 127.0.0.1:50051)")
 
 
+@dataclass(frozen=True)
+class ClientTls:
+    """How a command reaches the server: plaintext unless a CA or a client certificate
+    is given."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    server_name: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in (self.ca, self.cert, self.key))
+
+
+_CLIENT_TLS: contextvars.ContextVar[ClientTls | None] = contextvars.ContextVar(
+    "potato_client_tls", default=None)
+"""The TLS options of the running command (set by @tls_options, read by call())."""
+_TLS_PARAMS = (
+    ("tls_ca", Path | None, typer.Option(
+        None, "--tls-ca", envvar="POTATO_TLS_CA", show_envvar=False,
+        help="PEM CA that signed the server's certificate: talk TLS "
+        "(default: $POTATO_TLS_CA)")),
+    ("tls_cert", Path | None, typer.Option(
+        None, "--tls-cert", envvar="POTATO_TLS_CLIENT_CERT", show_envvar=False,
+        help="PEM client certificate, for a server that requires one (mTLS) "
+        "(default: $POTATO_TLS_CLIENT_CERT)")),
+    ("tls_key", Path | None, typer.Option(
+        None, "--tls-key", envvar="POTATO_TLS_CLIENT_KEY", show_envvar=False,
+        help="PEM private key of --tls-cert (default: $POTATO_TLS_CLIENT_KEY)")),
+    ("tls_server_name", str | None, typer.Option(
+        None, "--tls-server-name", help="Name to verify in the server's certificate "
+        "(default: the host of --target)")),
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tls_options(command: F) -> F:
+    """Gives a command that calls the server --tls-ca, --tls-cert, --tls-key and
+    --tls-server-name, and makes call() use them: one decorator instead of four
+    parameters threaded through every command and helper."""
+    signature = inspect.signature(command, eval_str=True)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                               annotation=kind) for name, kind, option in _TLS_PARAMS]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, tls_ca: Path | None = None, tls_cert: Path | None = None,
+                tls_key: Path | None = None, tls_server_name: str | None = None,
+                **kwargs: Any) -> Any:
+        token = _CLIENT_TLS.set(ClientTls(tls_ca, tls_cert, tls_key, tls_server_name))
+        try:
+            return command(*args, **kwargs)
+        finally:
+            _CLIENT_TLS.reset(token)
+
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*signature.parameters.values(), *extra])
+    wrapper.__annotations__ = {**{n: p.annotation for n, p in signature.parameters.items()},
+                               **{name: kind for name, kind, _ in _TLS_PARAMS},
+                               "return": signature.return_annotation}
+    return wrapper  # type: ignore[return-value]
+
+
 class CliError(Exception):
     """A failure explained by its message alone (exit 2, no traceback)."""
 
@@ -99,8 +169,9 @@ def _settings(**overrides: Any) -> Settings:
         settings = Settings.from_env(**overrides)
     except ValueError as exc:
         raise CliError(f"invalid POTATO_* environment setting: {exc}") from exc
-    if settings.dsn is not None:
-        _check_dsn(settings.dsn)
+    for dsn in (settings.dsn, settings.migrate_dsn):
+        if dsn is not None:
+            _check_dsn(dsn)
     return settings
 
 
@@ -210,16 +281,21 @@ _HINTS = {
 }
 
 
-def rpc_error_text(exc: grpc.RpcError, target: str) -> tuple[str, list[str], str | None]:
-    """(one line, the field violations, a hint) for a failed call."""
+def rpc_error_text(exc: grpc.RpcError, target: str, *,
+                   tls: bool = False) -> tuple[str, list[str], str | None]:
+    """(one line, the field violations, a hint) for a failed call (`tls`: whether the
+    channel spoke TLS, which changes what an UNAVAILABLE most likely means)."""
     code = exc.code() if hasattr(exc, "code") else None
     detail = (exc.details() if hasattr(exc, "details") else str(exc)) or ""
     name = code.name if code is not None else "ERROR"
     reason, violations = _violations(exc)
     hint: str | None = _HINTS.get(reason or "")
     if code == grpc.StatusCode.UNAVAILABLE and reason is None:
-        detail = f"no server answers at {target}"
-        hint = "start `potato-runs serve`, or pass --target HOST:PORT (or set POTATO_TARGET)"
+        detail, hint = _unavailable(detail, target, tls)
+    elif code == grpc.StatusCode.UNAUTHENTICATED and "access policy" in detail:
+        hint = ("set POTATO_TOKEN (mark, unmark, backfill, active, runs) or "
+                f"{TOKEN_ENV} (operator commands) to a token the server's access policy "
+                "knows, or pass a client certificate it knows (--tls-cert, --tls-key)")
     elif code == grpc.StatusCode.UNAUTHENTICATED:
         hint = (f"set {TOKEN_ENV}, or run where the server's <data-dir>/admin.token is readable "
                 f"(--data-dir)")
@@ -231,9 +307,29 @@ def rpc_error_text(exc: grpc.RpcError, target: str) -> tuple[str, list[str], str
     return f"{name}: {detail}", lines, hint
 
 
-def report_rpc_error(exc: grpc.RpcError, target: str, exit_code: int = 1) -> typer.Exit:
+def _unavailable(detail: str, target: str, tls: bool) -> tuple[str, str]:
+    """The text and hint of a connection failure: no server, or a TLS mismatch."""
+    start = "start `potato-runs serve`, or pass --target HOST:PORT (or set POTATO_TARGET)"
+    if tls and ("handshake" in detail or "Verification" in detail):
+        why = detail.rsplit(": ", 1)[-1] if "Verification" in detail else \
+            next((p for p in detail.split(": ") if p.isupper() and "_" in p),
+                 "the handshake failed")
+        return (f"TLS handshake with {target} failed ({why})",
+                "--tls-ca must be the CA that signed the server's certificate, the "
+                "certificate must name the --target host (or pass --tls-server-name), "
+                "and the server must serve TLS")
+    if tls:
+        return (f"no server answers at {target}, or it refused this client",
+                f"{start}; a server that requires client certificates (mTLS) needs "
+                f"--tls-cert and --tls-key signed by its client CA")
+    return (f"no server answers at {target}",
+            f"{start}; a server that serves TLS needs --tls-ca (POTATO_TLS_CA)")
+
+
+def report_rpc_error(exc: grpc.RpcError, target: str, exit_code: int = 1, *,
+                     tls: bool = False) -> typer.Exit:
     """Prints `error: CODE: detail`, each field violation, and a hint; returns the Exit."""
-    line, violations, hint = rpc_error_text(exc, target)
+    line, violations, hint = rpc_error_text(exc, target, tls=tls)
     _error(line)
     for v in violations:
         err_console.print("  " + escape(v), soft_wrap=True, highlight=False)
@@ -242,20 +338,119 @@ def report_rpc_error(exc: grpc.RpcError, target: str, exit_code: int = 1) -> typ
     return typer.Exit(exit_code)
 
 
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [*RETRY_CHANNEL_OPTIONS]
+"""Options of every channel the CLI opens (open_channel): the one list to extend. It holds
+the documented retry service config (transport/service_config.py): a call the server
+shed (RESOURCE_EXHAUSTED) or could not serve (UNAVAILABLE) is retried with backoff."""
+TLS_HINT = ("--tls-ca is the PEM CA that signed the server's certificate; --tls-cert and "
+            "--tls-key are a PEM client certificate and its unencrypted key")
+
+
+def _tls_file(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {option} {path}: "
+                       f"{exc.strerror or type(exc).__name__}") from exc
+
+
+def channel_credentials(tls: ClientTls) -> grpc.ChannelCredentials:
+    """TLS credentials from the files, checked first (a wrong file is one error line
+    here, not a vague handshake failure later). Raises CliError."""
+    if (tls.cert is None) != (tls.key is None):
+        raise CliError("--tls-cert and --tls-key go together (POTATO_TLS_CLIENT_CERT, "
+                       "POTATO_TLS_CLIENT_KEY)")
+    ca = _tls_file(tls.ca, "--tls-ca") if tls.ca is not None else None
+    cert = _tls_file(tls.cert, "--tls-cert") if tls.cert is not None else None
+    key = _tls_file(tls.key, "--tls-key") if tls.key is not None else None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca is not None:
+        try:
+            context.load_verify_locations(cadata=ca.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise CliError(f"--tls-ca {tls.ca} is not a PEM CA certificate") from exc
+    if tls.cert is not None and tls.key is not None:
+        try:
+            context.load_cert_chain(tls.cert, tls.key, password=lambda: b"")
+        except (ssl.SSLError, OSError) as exc:
+            raise CliError(f"--tls-cert {tls.cert} and --tls-key {tls.key} are not a PEM "
+                           f"certificate and its matching unencrypted key") from exc
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
+                                        certificate_chain=cert)
+
+
+def channel_setup(tls: ClientTls, options: Sequence[tuple[str, Any]] | None = None,
+                  ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+    """(TLS credentials or None for plaintext, channel options) for `tls`: what every
+    channel to the server is made from (`options` defaults to CHANNEL_OPTIONS)."""
+    options = list(CHANNEL_OPTIONS if options is None else options)
+    if not tls.enabled:
+        return None, options
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return channel_credentials(tls), options
+
+
+def open_channel(target: str, tls: ClientTls | None = None) -> grpc.Channel:
+    """The one place the CLI opens a channel: plaintext, or TLS (and mTLS) as the
+    command's --tls-* options (or `tls`) say. Raises CliError for unusable TLS files."""
+    credentials, options = channel_setup(
+        tls if tls is not None else _CLIENT_TLS.get() or ClientTls())
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+def open_aio_channel(target: str, tls: ClientTls,
+                     options: Sequence[tuple[str, Any]] | None = None) -> grpc.aio.Channel:
+    """The asyncio twin of open_channel, for the benchmark scripts."""
+    credentials, opts = channel_setup(tls, options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=opts)
+    return grpc.aio.secure_channel(target, credentials, options=opts)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """The CLI's client TLS flags for an argparse script (defaults from the same
+    environment variables); read them back with client_tls(args)."""
+    env = os.environ.get
+    parser.add_argument("--tls-ca", type=Path, default=env("POTATO_TLS_CA") or None,
+                        help="PEM CA that signed the server's certificate: talk TLS")
+    parser.add_argument("--tls-cert", type=Path, default=env("POTATO_TLS_CLIENT_CERT") or None,
+                        help="PEM client certificate (mTLS)")
+    parser.add_argument("--tls-key", type=Path, default=env("POTATO_TLS_CLIENT_KEY") or None,
+                        help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-server-name", help="name to verify in the server's certificate")
+
+
+def client_tls(args: argparse.Namespace) -> ClientTls:
+    """The ClientTls of parsed add_tls_arguments flags."""
+    return ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+
+
 def call(target: str | None, stub_factory: Callable[[grpc.Channel], S],
          fn: Callable[[S], T], *, admin: bool = False, data_dir: Path | None = None,
          exit_code: int = 1) -> T:
     """One call over a fresh channel to a running server; a failure prints one error
-    line (plus field violations and a hint) and exits with `exit_code`."""
+    line (plus field violations and a hint) and exits with `exit_code` (2 when the
+    TLS files cannot be used)."""
     where = _target(target)
-    with grpc.insecure_channel(where) as channel:
+    tls = _CLIENT_TLS.get() or ClientTls()
+    try:
+        channel = open_channel(where, tls)
+    except CliError as exc:
+        _error(str(exc))
+        err_console.print("[dim]hint:[/dim] " + escape(TLS_HINT), soft_wrap=True,
+                          highlight=False)
+        raise typer.Exit(2) from exc
+    with channel:
         stub: Any = stub_factory(channel)
         if admin:
             stub = _with_metadata(stub, admin_metadata(data_dir))
         try:
             return fn(stub)
         except grpc.RpcError as exc:
-            raise report_rpc_error(exc, where, exit_code) from exc
+            raise report_rpc_error(exc, where, exit_code, tls=tls.enabled) from exc
 
 
 class _with_metadata:

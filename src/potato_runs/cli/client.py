@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -10,15 +12,35 @@ import typer
 from rich.markup import escape
 
 from potato.runs.v2 import run_pb2, runs_service_pb2, runs_service_pb2_grpc
-from potato_runs.cli._common import T, TargetOpt, app, call, console, show, table
+from potato_runs.cli._common import (
+    T,
+    TargetOpt,
+    _with_metadata,
+    app,
+    call,
+    console,
+    show,
+    table,
+    tls_options,
+)
 
 UserArg = typer.Argument(..., help="User id (UUID, e.g. 2b1f7a8e-4c0d-4f6e-9a57-0e4c1d2b3a40)")
 
 
+CLIENT_TOKEN_ENV = "POTATO_TOKEN"
+"""The bearer token the client commands send, for a server with an access policy (the
+admin token is for operator commands and has no runs role under a policy)."""
+
+
 def _call(target: str | None, fn: Callable[[runs_service_pb2_grpc.RunsServiceStub], T]) -> T:
-    """One RunsService call; a failure prints one `error:` line, every field violation
-    and a hint, and exits 1."""
-    return call(target, runs_service_pb2_grpc.RunsServiceStub, fn)
+    """One RunsService call, with `authorization: Bearer $POTATO_TOKEN` when it is set;
+    a failure prints one `error:` line, every field violation and a hint, and exits 1."""
+    token = os.environ.get(CLIENT_TOKEN_ENV, "").strip()
+    if not token:
+        return call(target, runs_service_pb2_grpc.RunsServiceStub, fn)
+    metadata = (("authorization", f"Bearer {token}"),)
+    return call(target, lambda ch: _with_metadata(
+        runs_service_pb2_grpc.RunsServiceStub(ch), metadata), fn)
 
 
 def _days(n: int) -> str:
@@ -41,6 +63,7 @@ def _say(text: str) -> None:
 
 
 @app.command()
+@tls_options
 def mark(user: str = UserArg,
          date: str = typer.Argument(None, help="Local date YYYY-MM-DD (default: today in the "
                                                "user's zone)"),
@@ -48,7 +71,10 @@ def mark(user: str = UserArg,
                                                    "America/New_York (needed for a new user)"),
          target: str = TargetOpt) -> None:
     """Mark a day (today in the user's zone when no date is given)."""
-    req = runs_service_pb2.MarkDayRequest(user_id=user, source="cli")
+    # A request_id per command (AIP-155): the channel's retries resend it, so a retried
+    # mark answers with its original change, not NONE.
+    req = runs_service_pb2.MarkDayRequest(user_id=user, source="cli",
+                                          request_id=str(uuid.uuid4()))
     if date:
         req.local_date = date
     else:
@@ -61,11 +87,13 @@ def mark(user: str = UserArg,
 
 
 @app.command()
+@tls_options
 def unmark(user: str = UserArg,
            date: str = typer.Argument(..., help="Local date YYYY-MM-DD to unmark"),
            target: str = TargetOpt) -> None:
     """Remove the mark of a day (its run shrinks, splits or disappears)."""
-    req = runs_service_pb2.UnmarkDayRequest(user_id=user, local_date=date)
+    req = runs_service_pb2.UnmarkDayRequest(user_id=user, local_date=date,
+                                            request_id=str(uuid.uuid4()))
     res = _call(target, lambda s: s.UnmarkDay(req, timeout=10))
     _say(f"{date}: {_change(res.change)}" + ("" if res.removed else " (was not marked)"))
     if res.runs:
@@ -73,6 +101,7 @@ def unmark(user: str = UserArg,
 
 
 @app.command()
+@tls_options
 def backfill(user: str = UserArg,
              dates: list[str] = typer.Argument(..., help="Local dates YYYY-MM-DD (up to 500); "
                                                          "every bad one is reported at once"),
@@ -80,7 +109,8 @@ def backfill(user: str = UserArg,
                                                        "the user (needed for a new user)"),
              target: str = TargetOpt) -> None:
     """Mark many past days in one transaction (runs merge)."""
-    req = runs_service_pb2.BackfillDaysRequest(user_id=user, local_dates=dates, source="cli")
+    req = runs_service_pb2.BackfillDaysRequest(user_id=user, local_dates=dates, source="cli",
+                                               request_id=str(uuid.uuid4()))
     if tz:
         req.time_zone = tz
     res = _call(target, lambda s: s.BackfillDays(req, timeout=30))
@@ -89,6 +119,7 @@ def backfill(user: str = UserArg,
 
 
 @app.command()
+@tls_options
 def active(user: str = UserArg, target: str = TargetOpt) -> None:
     """Show the user's active run and current streak."""
     res = _call(target, lambda s: s.GetActiveRun(
@@ -103,6 +134,7 @@ def active(user: str = UserArg, target: str = TargetOpt) -> None:
 
 
 @app.command()
+@tls_options
 def runs(user: str = UserArg,
          page_size: int = typer.Option(50, "--page-size", min=1, max=500,
                                        help="Runs per page (at most 500)"),

@@ -18,7 +18,15 @@ from google.protobuf import field_mask_pb2
 
 from potato.runs.v2 import admin_service_pb2 as apb
 from potato.runs.v2 import admin_service_pb2_grpc
-from potato_runs.cli._common import TargetOpt, app, call, console, show, table
+from potato_runs.cli._common import (
+    TargetOpt,
+    app,
+    call,
+    console,
+    show,
+    table,
+    tls_options,
+)
 
 flags_app = typer.Typer(
     no_args_is_help=True,
@@ -114,6 +122,7 @@ def _parse_percent(value: str | None, option: str) -> float | None:
 
 
 @flags_app.command("list")
+@tls_options
 def list_flags(as_json: bool = JsonOpt, target: str = TargetOpt,
                data_dir: Path = FlagsDataDirOpt) -> None:
     """List every flag: state, percentages, list sizes and the last change."""
@@ -128,6 +137,7 @@ def list_flags(as_json: bool = JsonOpt, target: str = TargetOpt,
 
 
 @flags_app.command("get")
+@tls_options
 def get_flag(name: str = NameArg, as_json: bool = JsonOpt, target: str = TargetOpt,
              data_dir: Path = FlagsDataDirOpt) -> None:
     """Show one flag, with its allow and deny lists."""
@@ -137,6 +147,7 @@ def get_flag(name: str = NameArg, as_json: bool = JsonOpt, target: str = TargetO
 
 
 @flags_app.command("set")
+@tls_options
 def set_flag(
         name: str = NameArg,
         rollout: str = typer.Option(None, "--rollout", metavar="PCT",
@@ -191,6 +202,7 @@ def set_flag(
 
 
 @flags_app.command("rollback")
+@tls_options
 def rollback_flag(name: str = NameArg, reason: str = ReasonOpt, as_json: bool = JsonOpt,
                   target: str = TargetOpt, data_dir: Path = FlagsDataDirOpt) -> None:
     """Disable a flag at once: everyone is served legacy (percentages and lists kept)."""

@@ -40,6 +40,7 @@ from potato_runs.cli._common import (
     err_console,
     show,
     table,
+    tls_options,
 )
 from potato_runs.domain import rollout
 from potato_runs.domain.flags import RUNS_V2
@@ -169,6 +170,7 @@ def _view(r: Any) -> _RunView:
 
 
 @app.command()
+@tls_options
 def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user (UUID)"),
             all_users: bool = typer.Option(False, "--all", help="Rebuild every user"),
             from_date: str = typer.Option(None, "--from",
@@ -316,6 +318,7 @@ def _rebuild_all_remote(batch: int, dry_run: bool, force: bool, target: str | No
 
 # --------------------------------------------------------------------------- check
 @app.command()
+@tls_options
 def check(user: str = typer.Option(None, "--user", help="Check one user (default: everyone)"),
           limit: int = typer.Option(1000, "--limit", min=1, max=10_000,
                                     help="Most violations to report"),
@@ -357,6 +360,7 @@ def _check(user_id: uuid.UUID | None, limit: int, target: str | None, data_dir: 
 
 # --------------------------------------------------------------------------- shadow diff
 @shadow_app.command("diff")
+@tls_options
 def shadow_diff(
         sample: int = typer.Option(None, "--sample", min=1,
                                    help="Diff only the first N users in user_id order (user ids "

@@ -7,7 +7,6 @@ import logging
 import signal
 from pathlib import Path
 
-import asyncpg
 import typer
 
 from potato_runs.cli._common import (
@@ -20,27 +19,58 @@ from potato_runs.cli._common import (
     console,
 )
 
+MigrateDsnOpt = typer.Option(
+    None, "--migrate-dsn", help="PostgreSQL DSN of the owner role that runs the migrations "
+    "(default: $POTATO_MIGRATE_DSN, else the --dsn role); the server connects with --dsn")
+
 
 @app.command()
 def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.1)"),
           port: int = typer.Option(None, min=0, max=65535,
                                    help="Port (default 50051; 0 picks a free one)"),
-          dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
+          dsn: str = DsnOpt, migrate_dsn: str = MigrateDsnOpt, data_dir: Path = DataDirOpt,
+          tls_cert: Path = typer.Option(
+              None, "--tls-cert", help="PEM certificate chain: serve TLS only "
+              "(default: $POTATO_TLS_CERT); reloaded on SIGHUP"),
+          tls_key: Path = typer.Option(
+              None, "--tls-key", help="PEM private key of --tls-cert, unencrypted "
+              "(default: $POTATO_TLS_KEY)"),
+          client_ca: Path = typer.Option(
+              None, "--client-ca", help="PEM CA bundle: clients must present a certificate "
+              "signed by it, mTLS (default: $POTATO_TLS_CLIENT_CA)"),
+          auth_policy: Path = typer.Option(
+              None, "--auth-policy", help="YAML access policy: identities -> roles "
+              "(default: $POTATO_AUTH_POLICY; docs/security.md); reloaded on SIGHUP")) -> None:
     """Run the gRPC server (embedded PostgreSQL when no DSN is given).
-    Exits 2 with `error: ...` when it cannot start."""
-    from potato_runs.app import build_app
+    Exits 2 with `error: ...` when it cannot start. SIGHUP reloads the TLS files and the
+    access policy."""
+    from potato_runs.app import App, build_app
+    from potato_runs.transport.tls import exposure_warnings
 
     with _plain_errors():
-        settings = _settings(host=host, port=port, dsn=dsn, data_dir=data_dir)
+        settings = _settings(host=host, port=port, dsn=dsn, migrate_dsn=migrate_dsn,
+                             data_dir=data_dir,
+                             tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=client_ca,
+                             auth_policy=auth_policy)
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in exposure_warnings(settings):
+        logging.getLogger("potato_runs.serve").warning("%s", warning)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        started: list[App] = []
+
+        def reload() -> None:   # SIGHUP: reload the TLS files; ignored during startup
+            for running in started:
+                running.reload()
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         application = await build_app(settings)
+        started.append(application)
         where = "embedded PostgreSQL in " + str(settings.data_dir) if settings.dsn is None \
             else "PostgreSQL at the given DSN"
         print(f"potato-runs serving on {settings.host}:{application.port} ({where})", flush=True)
@@ -55,22 +85,22 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
 
 
 @app.command()
-def migrate(dsn: str = DsnOpt, data_dir: Path = DataDirOpt) -> None:
-    """Apply pending schema migrations (creates the embedded cluster when needed).
+def migrate(dsn: str = DsnOpt, migrate_dsn: str = MigrateDsnOpt,
+            data_dir: Path = DataDirOpt) -> None:
+    """Apply pending schema migrations as the owner role (--migrate-dsn, else --dsn, else
+    the embedded cluster, created when needed), then grant potato_app what it needs.
     Exits 2 with `error: ...` when it cannot."""
-    from potato_runs.app import open_database
-    from potato_runs.storage.migrate import migrate as run_migrate
+    from potato_runs.app import Migrator, open_database
 
     async def main() -> list[str]:
-        db = await open_database(_settings(dsn=dsn, data_dir=data_dir), run_migrations=False)
+        settings = _settings(dsn=dsn, migrate_dsn=migrate_dsn, data_dir=data_dir)
+        owner = settings.migrate_dsn or settings.dsn
+        if owner is not None:   # no pool: the serving role need not exist yet
+            return await Migrator(owner).run()
+        db = await open_database(settings, run_migrations=False)
         try:
-            # A connection of its own: no pool command_timeout (migrate() bounds its
-            # statements), and closing it ends any session lock.
-            conn = await asyncpg.connect(db.dsn)
-            try:
-                return await run_migrate(conn)
-            finally:
-                await conn.close()
+            assert db.migrator is not None
+            return await db.migrator.run()
         finally:
             await db.close()
 

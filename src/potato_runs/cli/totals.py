@@ -27,6 +27,7 @@ from potato_runs.cli._common import (
     console,
     show,
     table,
+    tls_options,
 )
 from potato_runs.cli.operators import RPC_BATCH_TIMEOUT, _admin, _bar, _offline, _remote
 
@@ -72,6 +73,7 @@ class _Summary:
 
 
 @totals_app.command("reconcile")
+@tls_options
 def reconcile(dry_run: bool = typer.Option(False, "--dry-run",
                                            help="Report the drift, write nothing"),
               as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),

@@ -14,9 +14,9 @@ from functools import lru_cache
 from potato_runs.domain.errors import Reason, ValidationCollector
 from potato_runs.domain.model import LAUNCH_DATE, Run
 
-_DATE_RE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-_MONTH_RE = re.compile(r"^[0-9]{4}-[0-9]{2}$")
-_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_MONTH_RE = re.compile(r"[0-9]{4}-[0-9]{2}")
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -33,16 +33,25 @@ def echo(value: str) -> str:
     return text + ("..." if len(value) > ECHO_CHARS else "")
 
 
+def canonical_uuid(value: str) -> uuid.UUID | None:
+    """The UUID of its canonical 8-4-4-4-12 hex spelling (the only one accepted on the
+    wire, so one id has one spelling: user ids, request ids), else None."""
+    return uuid.UUID(value) if _UUID_RE.fullmatch(value) else None
+
+
+UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+
+
 def parse_user_id(value: str, errors: ValidationCollector, field: str = "user_id") -> uuid.UUID | None:
     """Accepts only the canonical 8-4-4-4-12 hex form, so one user has one spelling."""
     if not value:
         errors.add(field, Reason.INVALID_USER_ID, "user_id is required (a UUID string)")
         return None
-    if not _UUID_RE.match(value):
+    parsed = canonical_uuid(value)
+    if parsed is None:
         errors.add(field, Reason.INVALID_USER_ID,
-                   f"{echo(value)} is not a UUID of the form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
-        return None
-    return uuid.UUID(value)
+                   f"{echo(value)} is not a UUID of the form {UUID_SHAPE}")
+    return parsed
 
 
 def parse_date(value: str, errors: ValidationCollector, field: str) -> dt.date | None:
@@ -50,7 +59,7 @@ def parse_date(value: str, errors: ValidationCollector, field: str) -> dt.date |
     if not value:
         errors.add(field, Reason.MISSING_FIELD, f"{field} is required (YYYY-MM-DD)")
         return None
-    if not _DATE_RE.match(value):
+    if not _DATE_RE.fullmatch(value):
         errors.add(field, Reason.INVALID_DATE, f"{echo(value)} is not a date of the form YYYY-MM-DD")
         return None
     try:
@@ -256,7 +265,7 @@ def decode_user_cursor(token: str, errors: ValidationCollector) -> uuid.UUID | N
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("v") != 1 or not isinstance(data.get("a"), str):
             raise ValueError("not a user cursor")
-        if not _UUID_RE.match(data["a"]):
+        if not _UUID_RE.fullmatch(data["a"]):
             raise ValueError("not a UUID")
         return uuid.UUID(data["a"])
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):

@@ -23,12 +23,17 @@ class MarkDay:
     mark_time: dt.datetime | None
     time_zone: str | None
     source: str = ""
+    request_id: uuid.UUID | None = None
+    """The AIP-155 request id (v2: the field; v1: `potato-request-id` metadata): the
+    write happens once per id. Not CallContext.request_id (`x-request-id`, tracing)."""
 
 
 @dataclass(frozen=True)
 class UnmarkDay:
     user_id: uuid.UUID
     local_date: dt.date
+    request_id: uuid.UUID | None = None
+    """The AIP-155 request id (see MarkDay.request_id)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class BackfillDays:
     violations: tuple[FieldViolation, ...] = ()
     """What parsing found wrong (e.g. malformed dates): the use case reports them
     together with its own checks (dates in the future), in one error."""
+    request_id: uuid.UUID | None = None
+    """The AIP-155 request id (see MarkDay.request_id)."""
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from potato_runs.clock import Clock
 from potato_runs.domain import rules
 from potato_runs.domain.errors import FieldViolation, ValidationCollector
 from potato_runs.domain.model import ActiveRun, BackfillResult, MarkResult, RunPage, UnmarkResult
+from potato_runs.domain.request_ids import RequestKey
 from potato_runs.service.commands import BackfillDays, CallContext, ListRuns, MarkDay, UnmarkDay
+from potato_runs.service.request_ids import backfill_key, mark_key, unmark_key
 from potato_runs.service.telemetry import Telemetry
-from potato_runs.storage.runs_repo import RunsRepository
+from potato_runs.storage.runs_repo import RunsRepository, backfill_result, mark_result
 
 
 def _request_order(v: FieldViolation) -> int:
@@ -25,9 +29,27 @@ class RunsService:
         self._clock = clock
         self._telemetry = telemetry
 
+    async def _recorded_if_refused(self, errors: ValidationCollector, user_id: uuid.UUID,
+                                   key: RequestKey | None,
+                                   ctx: CallContext) -> Mapping[str, Any] | None:
+        """When the early checks refuse a request that carries a request id, its
+        recorded response if it has one (else the checks' error is raised). A retry must
+        answer as the first attempt did even where the checks now say otherwise, e.g.
+        a backfill of today's date after the user's stored zone moved west, where that
+        date has not begun. Costs a lookup only on a refused request with an id."""
+        if not errors.violations:
+            return None
+        if key is not None:
+            recorded = await self._repo.recorded(user_id, key, ctx.deadline)
+            if recorded is not None:
+                return recorded
+        errors.raise_if_any()
+        return None   # unreachable: raise_if_any raised
+
     async def mark_day(self, cmd: MarkDay, ctx: CallContext) -> MarkResult:
         now = self._clock.now()
         local_date = cmd.local_date
+        key = mark_key(cmd)
         if cmd.time_zone is not None:
             # The zone is known without a database trip: check here, fail early.
             errors = ValidationCollector()
@@ -37,11 +59,13 @@ class RunsService:
                 field = "mark_time"
             assert local_date is not None
             rules.check_markable(local_date, rules.today_in(now, cmd.time_zone), errors, field)
-            errors.raise_if_any()
+            recorded = await self._recorded_if_refused(errors, cmd.user_id, key, ctx)
+            if recorded is not None:
+                return mark_result(cmd.user_id, recorded)
         with self._telemetry.write_span("MarkDay", cmd.user_id):
             result = await self._repo.mark_day(
                 cmd.user_id, local_date, cmd.mark_time if local_date is None else None,
-                cmd.time_zone, cmd.source, now, ctx.request_id, ctx.deadline)
+                cmd.time_zone, cmd.source, now, ctx.request_id, ctx.deadline, key)
         self._telemetry.record_events(result.events)
         return result
 
@@ -51,7 +75,7 @@ class RunsService:
         errors.raise_if_any()
         with self._telemetry.write_span("UnmarkDay", cmd.user_id):
             result = await self._repo.unmark_day(cmd.user_id, cmd.local_date, self._clock.now(),
-                                                 ctx.request_id, ctx.deadline)
+                                                 ctx.request_id, ctx.deadline, unmark_key(cmd))
         self._telemetry.record_events(result.events)
         return result
 
@@ -66,11 +90,17 @@ class RunsService:
         for field, d in zip(fields, cmd.local_dates, strict=True):
             rules.check_markable(d, today, errors, field)
         # With what parsing found (malformed dates...), in request order: one error for all.
+        # A request that did not even parse is never a retry of a recorded one (its key
+        # would cover only the dates that parsed): no lookup then.
+        key = backfill_key(cmd) if not cmd.violations else None
         errors.violations = sorted([*cmd.violations, *errors.violations], key=_request_order)
-        errors.raise_if_any()
+        recorded = await self._recorded_if_refused(errors, cmd.user_id, key, ctx)
+        if recorded is not None:
+            return backfill_result(cmd.user_id, recorded)
         with self._telemetry.write_span("BackfillDays", cmd.user_id):
             result = await self._repo.backfill_days(cmd.user_id, cmd.local_dates, cmd.time_zone,
-                                                    cmd.source, now, ctx.request_id, ctx.deadline)
+                                                    cmd.source, now, ctx.request_id, ctx.deadline,
+                                                    key)
         self._telemetry.record_events(result.events)
         return result
 

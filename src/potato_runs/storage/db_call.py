@@ -8,11 +8,12 @@ import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import asyncpg
 
 from potato_runs.deadline import Deadline
+from potato_runs.domain.errors import Reason
 from potato_runs.storage.errors import (
     DB_FAILURES,
     RETRYABLE_SQLSTATES,
@@ -25,6 +26,29 @@ T = TypeVar("T")
 
 Op = Callable[[asyncpg.Connection, float], Awaitable[T]]
 """One unit of database work on one connection, given the seconds it may take."""
+
+
+class Observer(Protocol):
+    """Sees every call's outcome on a pool (service/database_probe.DatabaseProbe)."""
+
+    def succeeded(self) -> None: ...
+
+    def connection_failed(self) -> None: ...
+
+
+_observers: dict[int, tuple[asyncpg.Pool, Observer]] = {}
+"""Pool (by id; the entry holds the pool, so its id cannot be reused) -> its observer.
+A registry rather than a constructor argument: every repository reaches the database
+through `call`, and none of them need to know that health watches."""
+
+
+def observe(pool: asyncpg.Pool, observer: Observer) -> None:
+    """From now on, `observer` sees the outcome of every call on `pool`."""
+    _observers[id(pool)] = (pool, observer)
+
+
+def unobserve(pool: asyncpg.Pool) -> None:
+    _observers.pop(id(pool), None)
 
 
 @dataclass(frozen=True)
@@ -49,7 +73,10 @@ async def call(pool: asyncpg.Pool, retry: RetryPolicy, deadline: Deadline, date_
         try:
             async with acquire(pool, timeout=deadline.timeout()) as conn:
                 sent = True
-                return await op(conn, deadline.timeout())
+                result = await op(conn, deadline.timeout())
+            if (seen := _observers.get(id(pool))) is not None:
+                seen[1].succeeded()
+            return result
         except DB_FAILURES as exc:
             if (isinstance(exc, asyncpg.PostgresError)
                     and exc.sqlstate in RETRYABLE_SQLSTATES
@@ -58,6 +85,9 @@ async def call(pool: asyncpg.Pool, retry: RetryPolicy, deadline: Deadline, date_
                 await asyncio.sleep(random.uniform(0, delay))
                 continue
             err = map_db_error(exc, date_field, zone_given)
+            if (err.reason is Reason.DATABASE_UNAVAILABLE
+                    and (seen := _observers.get(id(pool))) is not None):
+                seen[1].connection_failed()
             if write:
                 err = with_write_outcome(err, "unknown" if sent else "not_applied")
             raise err from exc

@@ -40,6 +40,8 @@ INSTALL_HINT = (
 SUPERUSER = "potato"
 LOCK_FILE = "potato-runs.lock"
 PASSWORD_FILE = "superuser.password"
+APP_PASSWORD_FILE = "app.password"
+"""The password of potato_app (storage/roles.py), the role every server connection uses."""
 LOG_FILE = "postgres.log"
 
 
@@ -265,6 +267,34 @@ class EmbeddedPostgres:
                 f"superuser password over it (remove it, or choose another --data-dir)") from exc
         with os.fdopen(fd, "w") as f:
             f.write(password + "\n")
+
+    def app_password(self) -> str:
+        """potato_app's password, from `<data-dir>/app.password` (0600, like the
+        superuser's); a random one is written there first when it is missing (a new
+        cluster, or one created before the roles existed)."""
+        path = self.data_dir / APP_PASSWORD_FILE
+        text = _read_nofollow(path, limit=4096, private=True)
+        if text is not None and text.strip():
+            return text.strip()
+        password = secrets.token_urlsafe(24)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except FileExistsError as exc:
+            raise EmbeddedPostgresError(
+                f"{path} is empty or a symbolic link; remove it and start again") from exc
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        return password
+
+    def app_dsn(self, database: str = "potato") -> str:
+        """DSN of `database` as potato_app (the password file must exist: app_password())."""
+        from potato_runs.storage.roles import APP_ROLE
+
+        text = _read_nofollow(self.data_dir / APP_PASSWORD_FILE, limit=4096, private=True)
+        if not text or not text.strip():
+            raise EmbeddedPostgresError(f"no {APP_PASSWORD_FILE} in {self.data_dir}")
+        return f"postgresql://{APP_ROLE}:{text.strip()}@127.0.0.1:{self.port}/{database}"
 
     def _log_tail(self) -> str:
         try:

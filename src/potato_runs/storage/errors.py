@@ -67,6 +67,11 @@ def map_db_error(exc: BaseException, date_field: str = "local_date",
             return DomainError(ErrorKind.INTERNAL, Reason.PROJECTION_INCONSISTENT,
                                "the runs projection does not match the check-ins; "
                                "run `potato-runs check` and `potato-runs rebuild`", meta)
+        if code == "PX005":
+            return DomainError(ErrorKind.ALREADY_EXISTS, Reason.REQUEST_ID_REUSED,
+                               f"request_id {meta.get('request_id')} was used for a different "
+                               "request of this user; send a new request_id for a new write",
+                               meta)
         if code in RETRYABLE_SQLSTATES:
             return DomainError(ErrorKind.ABORTED, Reason.CONTENTION,
                                "the write lost to concurrent writes; retry", {"sqlstate": code})

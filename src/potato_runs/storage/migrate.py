@@ -8,6 +8,8 @@ from pathlib import Path
 
 import asyncpg
 
+from potato_runs.storage.roles import grant_app_privileges
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x506F7461746F  # one migrator at a time across processes
 
@@ -44,11 +46,14 @@ async def migrate(conn: asyncpg.Connection, timeout: float = 600.0) -> list[str]
     applied: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK, timeout=timeout)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS schema_migrations (
-                   version text PRIMARY KEY,
-                   checksum text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())""", timeout=timeout)
+        # Only when missing: CREATE ... IF NOT EXISTS still needs CREATE on the schema,
+        # and `serve --dsn` as potato_app must get through an up-to-date schema.
+        if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version text PRIMARY KEY,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())""", timeout=timeout)
         done = {r["version"]: r["checksum"] for r in
                 await conn.fetch("SELECT version, checksum FROM schema_migrations",
                                  timeout=timeout)}
@@ -64,9 +69,23 @@ async def migrate(conn: asyncpg.Connection, timeout: float = 600.0) -> list[str]
                     "INSERT INTO schema_migrations (version, checksum) VALUES ($1, $2)",
                     m.version, m.checksum, timeout=timeout)
             applied.append(m.version)
+        # Every run, not only when something was applied: a table of any migration
+        # (this one's or a later one's) reaches potato_app without a grant of its own.
+        await grant_app_privileges(conn, timeout=timeout)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied
+
+
+async def sync_grants(conn: asyncpg.Connection, timeout: float = 600.0) -> int:
+    """grant_app_privileges under the migration lock (concurrent GRANTs on one object
+    fail), for when the schema is not migrated: offline commands on the embedded
+    cluster. Returns how many objects changed."""
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK, timeout=timeout)
+    try:
+        return await grant_app_privileges(conn, timeout=timeout)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
 
 
 async def ensure_database(admin_dsn: str, name: str) -> None:

@@ -14,6 +14,7 @@ import asyncpg
 
 from potato_runs.deadline import Deadline
 from potato_runs.domain.model import BackfillResult, Change, MarkResult, Run, UnmarkResult
+from potato_runs.domain.request_ids import RequestKey
 from potato_runs.storage import db_call
 from potato_runs.storage.db_call import RetryPolicy
 from potato_runs.storage.errors import map_db_error
@@ -48,6 +49,42 @@ def run_from_json(user_id: uuid.UUID, data: Mapping[str, Any]) -> Run:
 
 def run_from_record(rec: Mapping[str, Any]) -> Run:
     return run_from_json(rec["user_id"], rec)
+
+
+def _events(res: Mapping[str, Any]) -> tuple[str, ...]:
+    """The events a write caused; none for a replay (they were counted the first time)."""
+    return () if res.get("replayed") else tuple(res["events"] or ())
+
+
+def mark_result(user_id: uuid.UUID, res: Mapping[str, Any]) -> MarkResult:
+    """A MarkResult from potato_mark_day's jsonb (or its recorded copy)."""
+    return MarkResult(
+        run=run_from_json(user_id, res["run"]),
+        local_date=_date(res["local_date"]),
+        change=Change(res["change"]),
+        time_zone=str(res["time_zone"]),
+        events=_events(res),
+    )
+
+
+def unmark_result(user_id: uuid.UUID, res: Mapping[str, Any]) -> UnmarkResult:
+    """An UnmarkResult from potato_unmark_day's jsonb (or its recorded copy)."""
+    return UnmarkResult(
+        removed=bool(res["removed"]),
+        change=Change(res["change"]),
+        runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
+        events=_events(res),
+    )
+
+
+def backfill_result(user_id: uuid.UUID, res: Mapping[str, Any]) -> BackfillResult:
+    """A BackfillResult from potato_backfill_days's jsonb (or its recorded copy)."""
+    return BackfillResult(
+        added_days=int(res["added_days"]),
+        runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
+        time_zone=str(res["time_zone"]),
+        events=_events(res),
+    )
 
 
 RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, created_at, updated_at, "
@@ -90,57 +127,76 @@ class RunsRepository:
     async def mark_day(self, user_id: uuid.UUID, local_date: dt.date | None,
                        mark_time: dt.datetime | None, time_zone: str | None, source: str,
                        now: dt.datetime, request_id: str | None,
-                       deadline: Deadline) -> MarkResult:
+                       deadline: Deadline, key: RequestKey | None = None) -> MarkResult:
+        """With `key` (an AIP-155 request id): the lookup, the write and the record of
+        its response in the same statement (migration 0007); a replay returns the
+        recorded result. Without it, the same call as before request ids existed."""
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            if key is None:
+                return await conn.fetchval(
+                    "SELECT potato_mark_day($1, $2, $3, $4, $5, $6, $7)",
+                    user_id, local_date, mark_time, time_zone, source, now, request_id,
+                    timeout=timeout)
             return await conn.fetchval(
-                "SELECT potato_mark_day($1, $2, $3, $4, $5, $6, $7)",
+                "SELECT potato_mark_day_once($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 user_id, local_date, mark_time, time_zone, source, now, request_id,
-                timeout=timeout)
+                key.request_id, key.fingerprint, timeout=timeout)
 
         field = "local_date" if local_date is not None else "mark_time"
         async with self._one_writer_per_user(user_id, deadline):
             res = await self._run(deadline, field, op, zone_given=time_zone is not None,
                                   write=True)
-        return MarkResult(
-            run=run_from_json(user_id, res["run"]),
-            local_date=_date(res["local_date"]),
-            change=Change(res["change"]),
-            time_zone=str(res["time_zone"]),
-            events=tuple(res["events"] or ()),
-        )
+        return mark_result(user_id, res)
 
     async def unmark_day(self, user_id: uuid.UUID, local_date: dt.date, now: dt.datetime,
-                         request_id: str | None, deadline: Deadline) -> UnmarkResult:
+                         request_id: str | None, deadline: Deadline,
+                         key: RequestKey | None = None) -> UnmarkResult:
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:
-            return await conn.fetchval("SELECT potato_unmark_day($1, $2, $3, $4)",
-                                       user_id, local_date, now, request_id, timeout=timeout)
+            if key is None:
+                return await conn.fetchval("SELECT potato_unmark_day($1, $2, $3, $4)",
+                                           user_id, local_date, now, request_id,
+                                           timeout=timeout)
+            return await conn.fetchval("SELECT potato_unmark_day_once($1, $2, $3, $4, $5, $6)",
+                                       user_id, local_date, now, request_id, key.request_id,
+                                       key.fingerprint, timeout=timeout)
 
         async with self._one_writer_per_user(user_id, deadline):
             res = await self._run(deadline, "local_date", op, write=True)
-        return UnmarkResult(
-            removed=bool(res["removed"]),
-            change=Change(res["change"]),
-            runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
-            events=tuple(res["events"] or ()),
-        )
+        return unmark_result(user_id, res)
 
     async def backfill_days(self, user_id: uuid.UUID, dates: Sequence[dt.date],
                             time_zone: str | None, source: str, now: dt.datetime,
-                            request_id: str | None, deadline: Deadline) -> BackfillResult:
+                            request_id: str | None, deadline: Deadline,
+                            key: RequestKey | None = None) -> BackfillResult:
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            if key is None:
+                return await conn.fetchval(
+                    "SELECT potato_backfill_days($1, $2::date[], $3, $4, $5, $6)",
+                    user_id, list(dates), time_zone, source, now, request_id, timeout=timeout)
             return await conn.fetchval(
-                "SELECT potato_backfill_days($1, $2::date[], $3, $4, $5, $6)",
-                user_id, list(dates), time_zone, source, now, request_id, timeout=timeout)
+                "SELECT potato_backfill_days_once($1, $2::date[], $3, $4, $5, $6, $7, $8)",
+                user_id, list(dates), time_zone, source, now, request_id, key.request_id,
+                key.fingerprint, timeout=timeout)
 
         async with self._one_writer_per_user(user_id, deadline):
             res = await self._run(deadline, "local_dates", op, zone_given=time_zone is not None,
                                   write=True)
-        return BackfillResult(
-            added_days=int(res["added_days"]),
-            runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
-            time_zone=str(res["time_zone"]),
-            events=tuple(res["events"] or ()),
-        )
+        return backfill_result(user_id, res)
+
+    async def recorded(self, user_id: uuid.UUID, key: RequestKey,
+                       deadline: Deadline) -> Mapping[str, Any] | None:
+        """The response recorded for `key` when it was recorded for the same request
+        (same fingerprint), else None. No lock: a recorded response never changes. For
+        a retry that the service's own checks would now refuse (e.g. its date is in the
+        future in a zone stored since): it must still get the original response."""
+        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
+            return await conn.fetchval(
+                "SELECT response || jsonb_build_object('replayed', true) FROM request_ids "
+                "WHERE user_id = $1 AND request_id = $2 AND fingerprint = $3",
+                user_id, key.request_id, key.fingerprint, timeout=timeout)
+
+        res = await self._run(deadline, "request_id", op)
+        return None if res is None else dict(res)
 
     async def get_zone(self, user_id: uuid.UUID, deadline: Deadline) -> str | None:
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:

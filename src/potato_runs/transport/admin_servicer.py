@@ -32,7 +32,7 @@ BATCH_DEFAULT_TIMEOUT = 120.0
 BATCH_MAX_TIMEOUT = 600.0
 """Cap on the deadline honoured for a batch call (the admin pool's command timeout)."""
 MAX_WINDOW_HOURS = 24 * 90
-_FLAG_NAME = re.compile(r"^ff\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
+_FLAG_NAME = re.compile(r"ff\.[a-z0-9_]+(\.[a-z0-9_]+)*")
 
 
 def _batch_size(value: int, default: int, errors: ValidationCollector) -> int:
@@ -164,7 +164,7 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
         errors = ValidationCollector()
         if not request.flag:
             errors.add("flag", Reason.MISSING_FIELD, "flag is required, e.g. ff.potato.runs_v2")
-        elif not _FLAG_NAME.match(request.flag):
+        elif not _FLAG_NAME.fullmatch(request.flag):
             errors.add("flag", Reason.INVALID_VALUE,
                        f"{rules.echo(request.flag)} is not a flag name such as ff.potato.runs_v2")
         if request.window_hours < 0 or request.window_hours > MAX_WINDOW_HOURS:

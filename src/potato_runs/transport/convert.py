@@ -14,6 +14,7 @@ from potato_runs.deadline import Deadline
 from potato_runs.domain import rules
 from potato_runs.domain.errors import Reason, ValidationCollector
 from potato_runs.domain.model import MAX_BACKFILL_DATES, Change, Run
+from potato_runs.domain.request_ids import parse_request_id
 from potato_runs.service import commands
 
 _CHANGE = {
@@ -106,24 +107,29 @@ def mark_day(req: runs_service_pb2.MarkDayRequest) -> commands.MarkDay:
     else:
         errors.add("day", Reason.MISSING_FIELD, "one of local_date or mark_time is required")
     source = _source(req.source, errors)
+    request_id = parse_request_id(req.request_id, errors)
     errors.raise_if_any()
     assert user_id is not None
     return commands.MarkDay(user_id=user_id, local_date=local_date, mark_time=mark_time,
-                            time_zone=zone, source=source)
+                            time_zone=zone, source=source, request_id=request_id)
 
 
-def unmark_command(user_id: str, day: str, field: str) -> commands.UnmarkDay:
-    """An UnmarkDay command from a user id and a date named `field` (v1: `date`)."""
+def unmark_command(user_id: str, day: str, field: str, request_id: str = "",
+                   request_id_field: str = "request_id") -> commands.UnmarkDay:
+    """An UnmarkDay command from a user id and a date named `field` (v1: `date`), and
+    an AIP-155 request id found in `request_id_field` (v1: the `potato-request-id`
+    metadata)."""
     errors = ValidationCollector()
     uid = rules.parse_user_id(user_id, errors)
     local_date = rules.parse_date(day, errors, field)
+    rid = parse_request_id(request_id, errors, request_id_field)
     errors.raise_if_any()
     assert uid is not None and local_date is not None
-    return commands.UnmarkDay(user_id=uid, local_date=local_date)
+    return commands.UnmarkDay(user_id=uid, local_date=local_date, request_id=rid)
 
 
 def unmark_day(req: runs_service_pb2.UnmarkDayRequest) -> commands.UnmarkDay:
-    return unmark_command(req.user_id, req.local_date, "local_date")
+    return unmark_command(req.user_id, req.local_date, "local_date", req.request_id)
 
 
 def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.BackfillDays:
@@ -144,6 +150,7 @@ def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.Backfil
                 dates.append(d)
                 fields.append(f"local_dates[{i}]")
     source = _source(req.source, errors)
+    request_id = parse_request_id(req.request_id, errors)
     if user_id is None or (req.HasField("time_zone") and zone is None):
         errors.raise_if_any()   # without the user or the zone no date can be judged further
     assert user_id is not None
@@ -151,7 +158,7 @@ def backfill_days(req: runs_service_pb2.BackfillDaysRequest) -> commands.Backfil
     # and reports everything in one error.
     return commands.BackfillDays(user_id=user_id, local_dates=tuple(dates), time_zone=zone,
                                  source=source, date_fields=tuple(fields),
-                                 violations=tuple(errors.violations))
+                                 violations=tuple(errors.violations), request_id=request_id)
 
 
 def user_id_only(value: str) -> uuid.UUID:

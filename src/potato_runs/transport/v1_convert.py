@@ -8,19 +8,31 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from potato.runs.v1 import runs_service_pb2 as pb
 from potato_runs.domain import rules
 from potato_runs.domain.errors import DomainError, ValidationCollector
 from potato_runs.domain.model import Run
 from potato_runs.domain.reads import CurrentRunAnswer, RunsAnswer, RunView, StatsAnswer
+from potato_runs.domain.request_ids import parse_request_id
 from potato_runs.service import commands
 from potato_runs.transport import convert
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 _RENAMED = {"local_date": "date"}
+REQUEST_ID_METADATA = "potato-request-id"
+"""v1 writes take their AIP-155 request id from this metadata key (the v1 messages are
+frozen; v2 has a `request_id` field). Same semantics as v2's field."""
+
+
+def request_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The `potato-request-id` value ("" when absent). Several values are joined with
+    "," so that they fail validation (INVALID_REQUEST_ID) rather than one being picked."""
+    values = [v if isinstance(v, str) else v.decode("latin-1")
+              for k, v in metadata or () if k == REQUEST_ID_METADATA]
+    return ",".join(values)
 
 
 @contextlib.contextmanager
@@ -39,19 +51,23 @@ def v1_field_names() -> Iterator[None]:
         raise dataclasses.replace(err, message=message, violations=violations) from err
 
 
-def mark_day(req: pb.MarkDayRequest) -> commands.MarkDay:
+def mark_day(req: pb.MarkDayRequest, request_id: str = "") -> commands.MarkDay:
+    """`request_id`: the `potato-request-id` metadata value ("" when absent)."""
     errors = ValidationCollector()
     user_id = rules.parse_user_id(req.user_id, errors)
     zone = rules.parse_zone(req.time_zone, errors) if req.HasField("time_zone") else None
     day = rules.parse_date(req.date, errors, "date")
+    rid = parse_request_id(request_id, errors, REQUEST_ID_METADATA)
     errors.raise_if_any()
     assert user_id is not None and day is not None
     return commands.MarkDay(user_id=user_id, local_date=day, mark_time=None, time_zone=zone,
-                            source="v1")
+                            source="v1", request_id=rid)
 
 
-def unmark_day(req: pb.UnmarkDayRequest) -> commands.UnmarkDay:
-    return convert.unmark_command(req.user_id, req.date, "date")
+def unmark_day(req: pb.UnmarkDayRequest, request_id: str = "") -> commands.UnmarkDay:
+    """`request_id`: the `potato-request-id` metadata value ("" when absent)."""
+    return convert.unmark_command(req.user_id, req.date, "date", request_id,
+                                  REQUEST_ID_METADATA)
 
 
 user_id_only = convert.user_id_only

@@ -43,16 +43,18 @@ class V1RunsServicer(runs_service_pb2_grpc.RunsServiceServicer):  # type: ignore
     @maps_errors
     async def MarkDay(self, request: pb.MarkDayRequest, context: Ctx) -> pb.MarkDayResponse:
         with v1_convert.v1_field_names():
-            result = await self._service.mark_day(v1_convert.mark_day(request),
-                                                  self._ctx(context))
+            cmd = v1_convert.mark_day(
+                request, v1_convert.request_id_from(context.invocation_metadata()))
+            result = await self._service.mark_day(cmd, self._ctx(context))
         return pb.MarkDayResponse(run=v1_convert.run_to_proto(result.run))
 
     @maps_errors
     async def UnmarkDay(self, request: pb.UnmarkDayRequest,
                         context: Ctx) -> pb.UnmarkDayResponse:
         with v1_convert.v1_field_names():
-            result = await self._service.unmark_day(v1_convert.unmark_day(request),
-                                                    self._ctx(context))
+            cmd = v1_convert.unmark_day(
+                request, v1_convert.request_id_from(context.invocation_metadata()))
+            result = await self._service.unmark_day(cmd, self._ctx(context))
         return pb.UnmarkDayResponse(removed=result.removed)
 
     @maps_errors

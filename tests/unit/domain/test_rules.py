@@ -119,6 +119,16 @@ def test_parse_user_id() -> None:
     assert reasons(errors) == [Reason.INVALID_USER_ID, Reason.INVALID_USER_ID]
 
 
+@pytest.mark.parametrize("suffix", ["\n", "\r\n", " ", "\x00"])
+def test_parse_user_id_refuses_a_trailing_newline(suffix: str) -> None:
+    """`$` matches before a final newline: the whole value must be the UUID (a newline
+    once got past the check and made uuid.UUID raise, an INTERNAL)."""
+    errors = ValidationCollector()
+    assert rules.parse_user_id(str(uuid.uuid4()) + suffix, errors) is None
+    assert rules.parse_date("2025-01-01" + suffix, errors, "d") is None
+    assert reasons(errors) == [Reason.INVALID_USER_ID, Reason.INVALID_DATE]
+
+
 # --- zones ---------------------------------------------------------------------
 
 

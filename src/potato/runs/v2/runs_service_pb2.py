@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from potato.runs.v2 import run_pb2 as potato_dot_runs_dot_v2_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!potato/runs/v2/runs_service.proto\x12\x0epotato.runs.v2\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18potato/runs/v2/run.proto\"\xa5\x01\n\x0eMarkDayRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\nlocal_date\x18\x02 \x01(\tH\x00\x12/\n\tmark_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x16\n\ttime_zone\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x0e\n\x06source\x18\x05 \x01(\tB\x05\n\x03\x64\x61yB\x0c\n\n_time_zone\"\x85\x01\n\x0fMarkDayResponse\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.potato.runs.v2.Run\x12\x12\n\nlocal_date\x18\x02 \x01(\t\x12)\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x19.potato.runs.v2.RunChange\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"7\n\x10UnmarkDayRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nlocal_date\x18\x02 \x01(\t\"r\n\x11UnmarkDayResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\x12)\n\x06\x63hange\x18\x02 \x01(\x0e\x32\x19.potato.runs.v2.RunChange\x12!\n\x04runs\x18\x03 \x03(\x0b\x32\x13.potato.runs.v2.Run\"q\n\x13\x42\x61\x63kfillDaysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0blocal_dates\x18\x02 \x03(\t\x12\x16\n\ttime_zone\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06source\x18\x04 \x01(\tB\x0c\n\n_time_zone\"M\n\x14\x42\x61\x63kfillDaysResponse\x12\x12\n\nadded_days\x18\x01 \x01(\x05\x12!\n\x04runs\x18\x02 \x03(\x0b\x32\x13.potato.runs.v2.Run\"&\n\x13GetActiveRunRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"y\n\x14GetActiveRunResponse\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.potato.runs.v2.Run\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x08\x12\x1b\n\x13\x63urrent_streak_days\x18\x03 \x01(\x05\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.potato.runs.v2.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb0\x03\n\x0bRunsService\x12J\n\x07MarkDay\x12\x1e.potato.runs.v2.MarkDayRequest\x1a\x1f.potato.runs.v2.MarkDayResponse\x12P\n\tUnmarkDay\x12 .potato.runs.v2.UnmarkDayRequest\x1a!.potato.runs.v2.UnmarkDayResponse\x12Y\n\x0c\x42\x61\x63kfillDays\x12#.potato.runs.v2.BackfillDaysRequest\x1a$.potato.runs.v2.BackfillDaysResponse\x12Y\n\x0cGetActiveRun\x12#.potato.runs.v2.GetActiveRunRequest\x1a$.potato.runs.v2.GetActiveRunResponse\x12M\n\x08ListRuns\x12\x1f.potato.runs.v2.ListRunsRequest\x1a .potato.runs.v2.ListRunsResponseB\x16\n\x12\x63om.potato.runs.v2P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!potato/runs/v2/runs_service.proto\x12\x0epotato.runs.v2\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18potato/runs/v2/run.proto\"\xb9\x01\n\x0eMarkDayRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\nlocal_date\x18\x02 \x01(\tH\x00\x12/\n\tmark_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12\x16\n\ttime_zone\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x05\n\x03\x64\x61yB\x0c\n\n_time_zone\"\x85\x01\n\x0fMarkDayResponse\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.potato.runs.v2.Run\x12\x12\n\nlocal_date\x18\x02 \x01(\t\x12)\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x19.potato.runs.v2.RunChange\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"K\n\x10UnmarkDayRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nlocal_date\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"r\n\x11UnmarkDayResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x08\x12)\n\x06\x63hange\x18\x02 \x01(\x0e\x32\x19.potato.runs.v2.RunChange\x12!\n\x04runs\x18\x03 \x03(\x0b\x32\x13.potato.runs.v2.Run\"\x85\x01\n\x13\x42\x61\x63kfillDaysRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x13\n\x0blocal_dates\x18\x02 \x03(\t\x12\x16\n\ttime_zone\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\x0c\n\n_time_zone\"M\n\x14\x42\x61\x63kfillDaysResponse\x12\x12\n\nadded_days\x18\x01 \x01(\x05\x12!\n\x04runs\x18\x02 \x03(\x0b\x32\x13.potato.runs.v2.Run\"&\n\x13GetActiveRunRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"y\n\x14GetActiveRunResponse\x12 \n\x03run\x18\x01 \x01(\x0b\x32\x13.potato.runs.v2.Run\x12\x0f\n\x07\x63urrent\x18\x02 \x01(\x08\x12\x1b\n\x13\x63urrent_streak_days\x18\x03 \x01(\x05\x12\x11\n\ttime_zone\x18\x04 \x01(\t\"I\n\x0fListRunsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"N\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.potato.runs.v2.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb0\x03\n\x0bRunsService\x12J\n\x07MarkDay\x12\x1e.potato.runs.v2.MarkDayRequest\x1a\x1f.potato.runs.v2.MarkDayResponse\x12P\n\tUnmarkDay\x12 .potato.runs.v2.UnmarkDayRequest\x1a!.potato.runs.v2.UnmarkDayResponse\x12Y\n\x0c\x42\x61\x63kfillDays\x12#.potato.runs.v2.BackfillDaysRequest\x1a$.potato.runs.v2.BackfillDaysResponse\x12Y\n\x0cGetActiveRun\x12#.potato.runs.v2.GetActiveRunRequest\x1a$.potato.runs.v2.GetActiveRunResponse\x12M\n\x08ListRuns\x12\x1f.potato.runs.v2.ListRunsRequest\x1a .potato.runs.v2.ListRunsResponseB\x16\n\x12\x63om.potato.runs.v2P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,25 +35,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\022com.potato.runs.v2P\001'
   _globals['_MARKDAYREQUEST']._serialized_start=113
-  _globals['_MARKDAYREQUEST']._serialized_end=278
-  _globals['_MARKDAYRESPONSE']._serialized_start=281
-  _globals['_MARKDAYRESPONSE']._serialized_end=414
-  _globals['_UNMARKDAYREQUEST']._serialized_start=416
-  _globals['_UNMARKDAYREQUEST']._serialized_end=471
-  _globals['_UNMARKDAYRESPONSE']._serialized_start=473
-  _globals['_UNMARKDAYRESPONSE']._serialized_end=587
-  _globals['_BACKFILLDAYSREQUEST']._serialized_start=589
-  _globals['_BACKFILLDAYSREQUEST']._serialized_end=702
-  _globals['_BACKFILLDAYSRESPONSE']._serialized_start=704
-  _globals['_BACKFILLDAYSRESPONSE']._serialized_end=781
-  _globals['_GETACTIVERUNREQUEST']._serialized_start=783
-  _globals['_GETACTIVERUNREQUEST']._serialized_end=821
-  _globals['_GETACTIVERUNRESPONSE']._serialized_start=823
-  _globals['_GETACTIVERUNRESPONSE']._serialized_end=944
-  _globals['_LISTRUNSREQUEST']._serialized_start=946
-  _globals['_LISTRUNSREQUEST']._serialized_end=1019
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1021
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1099
-  _globals['_RUNSSERVICE']._serialized_start=1102
-  _globals['_RUNSSERVICE']._serialized_end=1534
+  _globals['_MARKDAYREQUEST']._serialized_end=298
+  _globals['_MARKDAYRESPONSE']._serialized_start=301
+  _globals['_MARKDAYRESPONSE']._serialized_end=434
+  _globals['_UNMARKDAYREQUEST']._serialized_start=436
+  _globals['_UNMARKDAYREQUEST']._serialized_end=511
+  _globals['_UNMARKDAYRESPONSE']._serialized_start=513
+  _globals['_UNMARKDAYRESPONSE']._serialized_end=627
+  _globals['_BACKFILLDAYSREQUEST']._serialized_start=630
+  _globals['_BACKFILLDAYSREQUEST']._serialized_end=763
+  _globals['_BACKFILLDAYSRESPONSE']._serialized_start=765
+  _globals['_BACKFILLDAYSRESPONSE']._serialized_end=842
+  _globals['_GETACTIVERUNREQUEST']._serialized_start=844
+  _globals['_GETACTIVERUNREQUEST']._serialized_end=882
+  _globals['_GETACTIVERUNRESPONSE']._serialized_start=884
+  _globals['_GETACTIVERUNRESPONSE']._serialized_end=1005
+  _globals['_LISTRUNSREQUEST']._serialized_start=1007
+  _globals['_LISTRUNSREQUEST']._serialized_end=1080
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1082
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1160
+  _globals['_RUNSSERVICE']._serialized_start=1163
+  _globals['_RUNSSERVICE']._serialized_end=1595
 # @@protoc_insertion_point(module_scope)

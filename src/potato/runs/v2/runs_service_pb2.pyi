@@ -11,18 +11,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MarkDayRequest(_message.Message):
-    __slots__ = ("user_id", "local_date", "mark_time", "time_zone", "source")
+    __slots__ = ("user_id", "local_date", "mark_time", "time_zone", "source", "request_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DATE_FIELD_NUMBER: _ClassVar[int]
     MARK_TIME_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     local_date: str
     mark_time: _timestamp_pb2.Timestamp
     time_zone: str
     source: str
-    def __init__(self, user_id: _Optional[str] = ..., local_date: _Optional[str] = ..., mark_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., local_date: _Optional[str] = ..., mark_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_zone: _Optional[str] = ..., source: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class MarkDayResponse(_message.Message):
     __slots__ = ("run", "local_date", "change", "time_zone")
@@ -37,12 +39,14 @@ class MarkDayResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[_run_pb2.Run, _Mapping]] = ..., local_date: _Optional[str] = ..., change: _Optional[_Union[_run_pb2.RunChange, str]] = ..., time_zone: _Optional[str] = ...) -> None: ...
 
 class UnmarkDayRequest(_message.Message):
-    __slots__ = ("user_id", "local_date")
+    __slots__ = ("user_id", "local_date", "request_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     local_date: str
-    def __init__(self, user_id: _Optional[str] = ..., local_date: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., local_date: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class UnmarkDayResponse(_message.Message):
     __slots__ = ("removed", "change", "runs")
@@ -55,16 +59,18 @@ class UnmarkDayResponse(_message.Message):
     def __init__(self, removed: _Optional[bool] = ..., change: _Optional[_Union[_run_pb2.RunChange, str]] = ..., runs: _Optional[_Iterable[_Union[_run_pb2.Run, _Mapping]]] = ...) -> None: ...
 
 class BackfillDaysRequest(_message.Message):
-    __slots__ = ("user_id", "local_dates", "time_zone", "source")
+    __slots__ = ("user_id", "local_dates", "time_zone", "source", "request_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     LOCAL_DATES_FIELD_NUMBER: _ClassVar[int]
     TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     local_dates: _containers.RepeatedScalarFieldContainer[str]
     time_zone: str
     source: str
-    def __init__(self, user_id: _Optional[str] = ..., local_dates: _Optional[_Iterable[str]] = ..., time_zone: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., local_dates: _Optional[_Iterable[str]] = ..., time_zone: _Optional[str] = ..., source: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class BackfillDaysResponse(_message.Message):
     __slots__ = ("added_days", "runs")

@@ -38,6 +38,26 @@ class RunsServiceStub:
     it may have committed). Every write is idempotent (MarkDay of a marked day,
     UnmarkDay of an unmarked day and BackfillDays of marked days change nothing),
     so retrying it is always safe.
+
+    Request ids (AIP-155). Every write request has an optional `request_id`, a
+    UUID string in the canonical 8-4-4-4-12 hex form, chosen by the client once
+    per logical write and sent again, unchanged, on each retry of it:
+    - the same request_id with the same request returns the original response,
+    its original `change` included (e.g. RUN_CHANGE_CREATED, not
+    RUN_CHANGE_NONE), and writes nothing again;
+    - the same request_id with a different request (another method, another
+    date, zone or source) fails with ALREADY_EXISTS, ErrorInfo reason
+    REQUEST_ID_REUSED, and writes nothing;
+    - a request_id that is not a UUID fails with INVALID_ARGUMENT, reason
+    INVALID_REQUEST_ID (a BadRequest violation on `request_id`);
+    - ids are scoped to the user (two users may use the same id) and kept for
+    at least 24 hours, then deleted; a retry after that is a new request;
+    - a failed write (any error) records nothing: its retry runs it again.
+    So a retry after UNAVAILABLE or DEADLINE_EXCEEDED (write_outcome "unknown")
+    is safe and answers as the first attempt did, whether or not that attempt
+    committed. Without a request_id the writes are still idempotent on their
+    facts, but a retry answers from the current state: a MarkDay retry whose
+    first attempt committed returns RUN_CHANGE_NONE.
     """
 
     def __init__(self, channel):
@@ -86,6 +106,26 @@ class RunsServiceServicer:
     it may have committed). Every write is idempotent (MarkDay of a marked day,
     UnmarkDay of an unmarked day and BackfillDays of marked days change nothing),
     so retrying it is always safe.
+
+    Request ids (AIP-155). Every write request has an optional `request_id`, a
+    UUID string in the canonical 8-4-4-4-12 hex form, chosen by the client once
+    per logical write and sent again, unchanged, on each retry of it:
+    - the same request_id with the same request returns the original response,
+    its original `change` included (e.g. RUN_CHANGE_CREATED, not
+    RUN_CHANGE_NONE), and writes nothing again;
+    - the same request_id with a different request (another method, another
+    date, zone or source) fails with ALREADY_EXISTS, ErrorInfo reason
+    REQUEST_ID_REUSED, and writes nothing;
+    - a request_id that is not a UUID fails with INVALID_ARGUMENT, reason
+    INVALID_REQUEST_ID (a BadRequest violation on `request_id`);
+    - ids are scoped to the user (two users may use the same id) and kept for
+    at least 24 hours, then deleted; a retry after that is a new request;
+    - a failed write (any error) records nothing: its retry runs it again.
+    So a retry after UNAVAILABLE or DEADLINE_EXCEEDED (write_outcome "unknown")
+    is safe and answers as the first attempt did, whether or not that attempt
+    committed. Without a request_id the writes are still idempotent on their
+    facts, but a retry answers from the current state: a MarkDay retry whose
+    first attempt committed returns RUN_CHANGE_NONE.
     """
 
     def MarkDay(self, request, context):
@@ -173,6 +213,26 @@ class RunsService:
     it may have committed). Every write is idempotent (MarkDay of a marked day,
     UnmarkDay of an unmarked day and BackfillDays of marked days change nothing),
     so retrying it is always safe.
+
+    Request ids (AIP-155). Every write request has an optional `request_id`, a
+    UUID string in the canonical 8-4-4-4-12 hex form, chosen by the client once
+    per logical write and sent again, unchanged, on each retry of it:
+    - the same request_id with the same request returns the original response,
+    its original `change` included (e.g. RUN_CHANGE_CREATED, not
+    RUN_CHANGE_NONE), and writes nothing again;
+    - the same request_id with a different request (another method, another
+    date, zone or source) fails with ALREADY_EXISTS, ErrorInfo reason
+    REQUEST_ID_REUSED, and writes nothing;
+    - a request_id that is not a UUID fails with INVALID_ARGUMENT, reason
+    INVALID_REQUEST_ID (a BadRequest violation on `request_id`);
+    - ids are scoped to the user (two users may use the same id) and kept for
+    at least 24 hours, then deleted; a retry after that is a new request;
+    - a failed write (any error) records nothing: its retry runs it again.
+    So a retry after UNAVAILABLE or DEADLINE_EXCEEDED (write_outcome "unknown")
+    is safe and answers as the first attempt did, whether or not that attempt
+    committed. Without a request_id the writes are still idempotent on their
+    facts, but a retry answers from the current state: a MarkDay retry whose
+    first attempt committed returns RUN_CHANGE_NONE.
     """
 
     @staticmethod
