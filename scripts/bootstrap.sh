@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for Potato Runs: PostgreSQL binaries (apt-get, when
 # missing), a virtualenv in .venv with the project installed, and, with --dev,
-# the test tools and buf (npm package @bufbuild/buf in .tools/).
+# the test tools, buf (npm package @bufbuild/buf in .tools/) and promtool (apt-get,
+# Debian package prometheus, when missing).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,5 +60,24 @@ if [[ $DEV == 1 && ! -x .tools/node_modules/.bin/buf ]]; then
   }
   mkdir -p .tools
   (cd .tools && npm install --silent --no-audit --no-fund --prefix . @bufbuild/buf@1.75.0 >/dev/null 2>&1)
+fi
+
+# promtool checks and unit-tests deploy/prometheus/rules.yml (tests/deploy/); Debian
+# ships it in the `prometheus` package. Only the tool is wanted: where the package
+# started its server (no policy-rc.d forbids it), stop it and keep it from starting again.
+if [[ $DEV == 1 ]] && ! command -v promtool >/dev/null 2>&1; then
+  log "installing promtool (Debian package prometheus) with apt-get"
+  SUDO=""
+  if [[ "$(id -u)" != "0" ]]; then
+    command -v sudo >/dev/null 2>&1 || { log "need root or sudo to apt-get install prometheus"; exit 1; }
+    SUDO="sudo"
+  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  if [[ -d /run/systemd/system ]]; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif [[ -x /etc/init.d/prometheus ]]; then
+    $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
 fi
 log "ready"

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -15,42 +16,53 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from potato.runs.v1 import runs_service_pb2 as v1_runs_service_pb2
-from potato.runs.v2 import admin_service_pb2, runs_service_pb2, totals_service_pb2
+from potato.runs.v2 import (
+    admin_service_pb2,
+    run_events_service_pb2,
+    runs_service_pb2,
+    totals_service_pb2,
+)
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
 from potato_runs.domain.access_policy import PolicyError
 from potato_runs.domain.flags import TOTALS_V2
 from potato_runs.domain.totals_answers import TotalsSource
 from potato_runs.domain.totals_answers import normalize as normalize_totals
-from potato_runs.observability import Providers, build_providers
+from potato_runs.observability import Providers, build_providers, start_metrics_endpoint
 from potato_runs.service.admin_service import AdminService
 from potato_runs.service.database_probe import DatabaseProbe
 from potato_runs.service.flags import FlagService, FlagStore
-from potato_runs.service.invariant_monitor import InvariantMonitor
+from potato_runs.service.invariant_monitor import Health, InvariantMonitor, InvariantStatus
 from potato_runs.service.request_id_purge import RequestIdPurge
+from potato_runs.service.run_events import EventHub, RunEventsPurge, RunEventsService
 from potato_runs.service.runs_service import RunsService
 from potato_runs.service.shadow import ShadowComparer, ShadowPaths, ShadowSettings
 from potato_runs.service.telemetry import Telemetry
 from potato_runs.service.totals_reconcile import DailyTotalsReconcile, TotalsReconciler
 from potato_runs.service.totals_service import TotalsService
 from potato_runs.service.v1_runs import V1RunsService
-from potato_runs.storage.admin_repo import AdminRepository
+from potato_runs.storage.admin_repo import INVARIANT_QUERIES, AdminRepository
 from potato_runs.storage.db_call import observe, unobserve
 from potato_runs.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from potato_runs.storage.flags_repo import FlagsRepository
 from potato_runs.storage.health_ping import HealthPing
+from potato_runs.storage.invariant_repo import InvariantChecksRepository
 from potato_runs.storage.migrate import ensure_database, migrate, sync_grants
-from potato_runs.storage.pool import create_pool
+from potato_runs.storage.pool import create_pool, observe_wait, unobserve_wait
 from potato_runs.storage.read_paths import ReadPaths
 from potato_runs.storage.request_ids_repo import RequestIdsRepository
 from potato_runs.storage.roles import OWNER_ROLE, ddl_powers, prepare_cluster
+from potato_runs.storage.run_events_repo import EventNotifier, EventTail, RunEventsRepository
 from potato_runs.storage.runs_repo import RunsRepository
 from potato_runs.storage.shadow_repo import ShadowRepository
 from potato_runs.storage.totals_reads import TotalsReads
 from potato_runs.storage.totals_repo import TotalsRepository
+from potato_runs.tracing import AsyncpgSpans, grpc_span_interceptor
 from potato_runs.transport.access import AccessControl
 from potato_runs.transport.admin_servicer import AdminServicer
 from potato_runs.transport.registration import HandlerInterceptor, add_service
+from potato_runs.transport.rpc_metrics import RpcMetrics
+from potato_runs.transport.run_events_servicer import RunEventsServicer
 from potato_runs.transport.runs_servicer import RunsServicer
 from potato_runs.transport.shedding import LoadShedder
 from potato_runs.transport.tls import ServerTls, TlsError, server_tls
@@ -63,6 +75,9 @@ RUNS_SERVICE = runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 V1_RUNS_SERVICE = v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"].full_name
 TOTALS_SERVICE = totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"].full_name
+RUN_EVENTS_SERVICE = run_events_service_pb2.DESCRIPTOR.services_by_name[
+    "RunEventsService"].full_name
+WATCH_RUN_EVENTS = f"/{RUN_EVENTS_SERVICE}/WatchRunEvents"
 ADMIN_POOL_SIZE = 2
 DRAIN_WAIT = 1.0
 """Most seconds a stopping server answers new calls UNAVAILABLE before gRPC's own stop."""
@@ -219,6 +234,10 @@ class App:
     tls: ServerTls | None = None
     access: AccessControl | None = None
     shedder: LoadShedder | None = None
+    run_events: RunEventsService | None = None
+    event_notifier: EventNotifier | None = None
+    run_events_purge: RunEventsPurge | None = None
+    asyncpg_spans: AsyncpgSpans | None = None
 
     def reload(self) -> None:
         """What SIGHUP does: reads the TLS certificate, key and client CA again (new
@@ -249,17 +268,26 @@ class App:
             # Bounded well inside the grace period: under steady traffic calls keep
             # arriving (and are refused), and the calls in flight get the rest of it.
             self.shedder.drain()
+            if self.run_events is not None:   # streams end now (SERVER_DRAINING), not at
+                await self.run_events.stop()   # the grace period's end: clients resume
             await self.shedder.quiesce(min(grace, DRAIN_WAIT))
         await self.monitor.stop()
         if self.totals_reconcile is not None:
             await self.totals_reconcile.stop()
         if self.request_id_purge is not None:
             await self.request_id_purge.stop()
+        if self.run_events_purge is not None:
+            await self.run_events_purge.stop()
+        if self.run_events is not None:
+            await self.run_events.stop()
         await self.probe.stop()   # and closes its ping session
         for pool in (self.database.pool, self.admin_pool, self.shadow_pool):
             if pool is not None:
                 unobserve(pool)
+                unobserve_wait(pool)
         await self.server.stop(max(grace - (asyncio.get_running_loop().time() - started), 0.0))
+        if self.event_notifier is not None:   # after the server: no write pokes it now
+            await self.event_notifier.stop()
         if self.shadow is not None:   # after the server: the last reads have submitted
             await self.shadow.stop()
         if self.shadow_pool is not None:
@@ -267,6 +295,8 @@ class App:
         await self.flags.stop()
         await self.admin_pool.close()
         await self.database.close()
+        if self.asyncpg_spans is not None:
+            self.asyncpg_spans.stop()
         self.providers.shutdown()   # flushes the last spans and metrics
 
 
@@ -317,6 +347,28 @@ def _bind(server: grpc.aio.Server, host: str, port: int,
         return 0
 
 
+def _providers(settings: Settings) -> Providers:
+    """The exporters the settings ask for, and the Prometheus endpoint (`metrics_port`) when
+    set, bound now so a busy port fails before anything else starts."""
+    endpoint = None
+    if settings.metrics_port is not None:
+        endpoint = start_metrics_endpoint(settings.metrics_host or settings.host,
+                                          settings.metrics_port)
+    try:
+        return build_providers(settings.otel_exporter, settings.otel_metric_interval,
+                               metrics_endpoint=endpoint)
+    except BaseException:
+        if endpoint is not None:
+            endpoint.close()
+        raise
+
+
+def _close_metrics(providers: Providers) -> None:
+    """Frees the metrics port when the server does not start."""
+    if providers.metrics_endpoint is not None:
+        providers.metrics_endpoint.close()
+
+
 async def build_app(settings: Settings, *, clock: Clock | None = None,
                     database: Database | None = None,
                     providers: Providers | None = None) -> App:
@@ -342,32 +394,48 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     # (health and reflection are never intercepted); the first listed runs first.
     # Load shedding: calls beyond max_concurrent_rpcs in flight in our services get
     # RESOURCE_EXHAUSTED at once, with a retry pushback (transport/shedding.py).
-    shedder = LoadShedder(settings.max_concurrent_rpcs)
+    # Run event streams last for hours: not calls in flight, bounded on their own.
+    shedder = LoadShedder(settings.max_concurrent_rpcs,
+                          streams={WATCH_RUN_EVENTS: settings.max_watchers})
     interceptors: list[HandlerInterceptor] = [access.intercept, shedder.intercept]
-    providers = providers or build_providers(settings.otel_exporter,
-                                             settings.otel_metric_interval)
+    providers = providers or _providers(settings)
+    # rpc.server.duration (transport/rpc_metrics.py) runs first, so it also times the calls
+    # the two above refuse; only with an SDK meter provider (nothing to record otherwise).
+    if providers.meter_provider is not None:
+        interceptors.insert(0, RpcMetrics(providers.meter(), skip={WATCH_RUN_EVENTS}).intercept)
+    # RPC spans (opt-in, tracing.py): the library's grpc.aio ServerInterceptor.
+    server_interceptors = ([grpc_span_interceptor(providers.tracer_provider)]
+                           if settings.otel_grpc_spans else None)
+    asyncpg_spans = (AsyncpgSpans(providers.tracer_provider) if settings.otel_asyncpg_spans
+                     else None)
     # so_reuseport off: a second server on a busy port must fail, not split traffic.
     # No `maximum_concurrent_rpcs`: gRPC's own limit counts health checks too (probes
     # were refused under load) and answered its excess calls slowly, a third of them
     # CANCELLED without trailers (scripts/bench_overload.py); the shedder above is the
     # limit, and health, reflection and RollbackFlag are never refused.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+                             interceptors=server_interceptors)
     # Bind before the database opens: a busy port fails before any cluster is created.
     port = _bind(server, settings.host, settings.port,
                  tls.credentials() if tls is not None else None)
     if port == 0:
         await server.stop(0)
+        _close_metrics(providers)
         raise StartupError(f"could not bind {settings.host}:{settings.port} (the port is in "
                            f"use, or the host is not an address of this machine)")
     try:
         db = database or await open_database(settings)
     except BaseException:
         await server.stop(0)
+        _close_metrics(providers)
         raise
     if database is None and db.embedded is None:
         await _warn_if_ddl(db.pool)
     telemetry = Telemetry(providers.tracer(), providers.meter())
-    runs_repo = RunsRepository(db.pool)
+    # Listeners of the run event stream are woken after this replica's writes commit,
+    # never from inside the write transaction (storage/run_events_repo.EventNotifier).
+    event_notifier = EventNotifier(db.pool)
+    runs_repo = RunsRepository(db.pool, written=event_notifier.poke)
     # Operator work (rebuilds, full checks, the monitor) gets its own small pool, so
     # it can never take the connections that serve traffic.
     admin_pool = await create_pool(db.dsn, min_size=0, max_size=ADMIN_POOL_SIZE,
@@ -375,7 +443,8 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     admin_repo = AdminRepository(admin_pool)
     runs = RunsService(runs_repo, clock, telemetry)
     admin = AdminService(admin_repo, clock, telemetry)
-    flag_store = FlagStore(db.dsn, db.pool, reload_interval=settings.flag_reload_interval)
+    flag_store = FlagStore(db.dsn, db.pool, reload_interval=settings.flag_reload_interval,
+                           telemetry=telemetry)
     # Flags are read and changed on the serving pool, not the admin pool: a rollback
     # must never queue behind a long rebuild.
     flag_service = FlagService(FlagsRepository(db.pool), flag_store, clock)
@@ -391,13 +460,14 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
                                 queue_size=settings.shadow_queue_size,
                                 mismatch_cap=settings.shadow_mismatch_cap,
                                 timeout=settings.default_timeout))
-    v1 = V1RunsService(runs, ReadPaths(db.pool), flag_store, clock, shadow)   # ff.potato.runs_v2
+    v1 = V1RunsService(runs, ReadPaths(db.pool), flag_store, clock, shadow,   # ff.potato.runs_v2
+                       telemetry)
     add_service(server, V1RunsServicer(v1, settings.default_timeout, settings.max_timeout),
                 v1_runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"], interceptors)
     # ff.potato.totals_v2: computed on read, or the stored totals; shadow compares them.
     shadow.register(TOTALS_V2, ShadowPaths(TotalsReads(shadow_pool), TotalsSource.COMPUTED,
                                            TotalsSource.STORED, normalize_totals))
-    totals = TotalsService(TotalsReads(db.pool), flag_store, clock, shadow)
+    totals = TotalsService(TotalsReads(db.pool), flag_store, clock, shadow, telemetry)
     add_service(server, TotalsServicer(totals, settings.default_timeout, settings.max_timeout),
                 totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"],
                 interceptors)
@@ -414,24 +484,48 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout,
                                       flags=flag_service, totals=reconciler),
                 admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], interceptors)
+    # The run event stream (service/run_events.py): replay on the serving pool, one
+    # LISTEN connection of its own for live events; the retention on the admin pool.
+    async def connect_tail(on_notify: Callable[[], None], on_lost: Callable[[], None]
+                           ) -> EventTail:
+        return await EventTail.connect(db.dsn, on_notify, on_lost, timeout=5.0)
+
+    run_events = RunEventsService(RunEventsRepository(db.pool), EventHub(connect_tail),
+                                  queue_size=settings.watcher_queue_size)
+    add_service(server, RunEventsServicer(run_events),
+                run_events_service_pb2.DESCRIPTOR.services_by_name["RunEventsService"],
+                interceptors)
+    run_events_purge = RunEventsPurge(RunEventsRepository(admin_pool), clock,
+                                      settings.run_events_retention)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE,
-                 INVARIANTS_HEALTH):
+                 RUN_EVENTS_SERVICE, INVARIANTS_HEALTH):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    def report(ok: bool | None, _count: int) -> None:
-        status = (health_pb2.HealthCheckResponse.UNKNOWN if ok is None
-                  else health_pb2.HealthCheckResponse.SERVING if ok
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+    def report(result: InvariantStatus) -> None:
+        status = {Health.SERVING: health_pb2.HealthCheckResponse.SERVING,
+                  Health.NOT_SERVING: health_pb2.HealthCheckResponse.NOT_SERVING,
+                  Health.UNKNOWN: health_pb2.HealthCheckResponse.UNKNOWN}[result.health]
         health_servicer.set(INVARIANTS_HEALTH, status)
+        if result.record is not None and result.record.error is None:
+            # Every replica exports the stored result's open violations per invariant.
+            telemetry.record_violations({code: result.violations.get(code, 0)
+                                         for code in INVARIANT_QUERIES})
 
-    monitor = InvariantMonitor(admin, settings.invariant_check_interval, report)
+    # In every replica: one pass at a time runs (a lock), every replica reports the
+    # latest stored result (service/invariant_monitor.py), on the admin pool.
+    monitor = InvariantMonitor(
+        InvariantChecksRepository(admin_pool), clock,
+        interval=settings.invariant_check_interval,
+        full_interval=settings.invariant_full_check_interval, report=report,
+        replica=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
 
     def serving(ok: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if ok
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
-        for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE):
+        for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE,
+                     RUN_EVENTS_SERVICE):
             health_servicer.set(name, status)
 
     # Health follows the database within a second: calls report their outcome
@@ -444,8 +538,8 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     probe = DatabaseProbe(ping, settings.health_probe_interval, serving,
                           close=health_ping.close)
     reflection.enable_server_reflection(
-        (RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME,
-         reflection.SERVICE_NAME), server)
+        (RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE, RUN_EVENTS_SERVICE,
+         health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         if settings.admin_token is None:
             try:
@@ -453,21 +547,28 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
             except PolicyError as exc:   # a policy identity holds the admin token's hash
                 raise StartupError(str(exc)) from exc
         await flag_store.start()   # the first load, before serving
+        if asyncpg_spans is not None:
+            asyncpg_spans.start()
         await server.start()
     except BaseException:
+        if asyncpg_spans is not None:
+            asyncpg_spans.stop()
         await server.stop(0)
         await flag_store.stop()
         await admin_pool.close()
         await shadow_pool.close()
         if database is None:   # opened here: close it (and stop an embedded cluster)
             await db.close()
+        _close_metrics(providers)
         raise
     monitor.start()
-    for pool in (db.pool, admin_pool, shadow_pool):
+    for name, pool in (("serving", db.pool), ("admin", admin_pool), ("shadow", shadow_pool)):
         observe(pool, probe)
+        observe_wait(pool, telemetry.observe_pool(name, pool))   # potato.db.pool.*
     probe.start()
     totals_reconcile.start()
     request_id_purge.start()
+    run_events_purge.start()
     shadow.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
                admin=admin, health=health_servicer, monitor=monitor, probe=probe,
@@ -475,4 +576,6 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
                admin_pool=admin_pool, flags=flag_store, v1=v1, totals=totals, shadow=shadow,
                shadow_pool=shadow_pool, totals_reconcile=totals_reconcile,
                request_id_purge=request_id_purge, tls=tls,
-               access=access, shedder=shedder)
+               run_events=run_events, run_events_purge=run_events_purge,
+               event_notifier=event_notifier,
+               access=access, shedder=shedder, asyncpg_spans=asyncpg_spans)

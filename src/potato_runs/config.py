@@ -26,8 +26,14 @@ ENV_VARS: dict[str, str] = {
     "POTATO_MAX_CONCURRENT_RPCS": "max_concurrent_rpcs",
     "POTATO_HEALTH_PROBE_INTERVAL": "health_probe_interval",
     "POTATO_INVARIANT_CHECK_INTERVAL": "invariant_check_interval",
+    "POTATO_INVARIANT_FULL_CHECK_INTERVAL": "invariant_full_check_interval",
     "POTATO_OTEL_EXPORTER": "otel_exporter",
     "POTATO_OTEL_METRIC_INTERVAL": "otel_metric_interval",
+    "POTATO_METRICS_PORT": "metrics_port",
+    "POTATO_METRICS_HOST": "metrics_host",
+    "POTATO_OTEL_GRPC_SPANS": "otel_grpc_spans",
+    "POTATO_OTEL_ASYNCPG_SPANS": "otel_asyncpg_spans",
+    "POTATO_LOG_FORMAT": "log_format",
     "POTATO_LOG_LEVEL": "log_level",
     "POTATO_SHADOW_WORKERS": "shadow_workers",
     "POTATO_SHADOW_QUEUE_SIZE": "shadow_queue_size",
@@ -41,6 +47,9 @@ ENV_VARS: dict[str, str] = {
     "POTATO_AUTH_POLICY": "auth_policy",
     "POTATO_MIGRATE_DSN": "migrate_dsn",
     "POTATO_REQUEST_ID_RETENTION": "request_id_retention",
+    "POTATO_MAX_WATCHERS": "max_watchers",
+    "POTATO_WATCHER_QUEUE_SIZE": "watcher_queue_size",
+    "POTATO_RUN_EVENTS_RETENTION": "run_events_retention",
 }
 """Environment variable -> setting."""
 EMPTY_MEANS_OFF = frozenset({"POTATO_TOTALS_RECONCILE_AT"})
@@ -67,11 +76,25 @@ class Settings(BaseModel):
     health_probe_interval: float = Field(default=5.0, ge=0)
     """Seconds between database pings feeding the serving health status; 0 disables."""
     invariant_check_interval: float = Field(default=300.0, ge=0)
-    """Seconds between background invariant checks feeding health; 0 disables."""
+    """Seconds between incremental invariant passes (the users touched since an earlier
+    pass) feeding health; 0 disables the monitor in this replica."""
+    invariant_full_check_interval: float = Field(default=21_600.0, gt=0)
+    """Seconds between full invariant passes (everyone); one replica runs each pass."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     """OpenTelemetry exporter (see observability.py)."""
     otel_metric_interval: float = Field(default=60.0, gt=0)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    """Port of the Prometheus endpoint `/metrics` (0 picks a free one, logged); None: off."""
+    metrics_host: str | None = Field(default=None, min_length=1)
+    """Address of the Prometheus endpoint; None: the gRPC `host`."""
+    otel_grpc_spans: bool = False
+    """RPC server spans (opentelemetry-instrumentation-grpc's aio interceptor): opt-in,
+    a grpc.aio ServerInterceptor costs every call (tracing.py, scripts/bench_telemetry.py)."""
+    otel_asyncpg_spans: bool = False
+    """A span per SQL statement (opentelemetry-instrumentation-asyncpg): opt-in (tracing.py)."""
+    log_format: Literal["auto", "json", "text"] = "auto"
+    """Server logs: JSON lines, text, or auto (text on a terminal, JSON elsewhere; logs.py)."""
     shadow_workers: int = Field(default=4, ge=1, le=64)
     """Concurrent online shadow comparisons (each may hold one connection of its own pool)."""
     shadow_queue_size: int = Field(default=1000, ge=1)
@@ -102,6 +125,15 @@ class Settings(BaseModel):
     """DSN of the owner role that runs migrations (DDL); the serving pool uses `dsn`."""
     request_id_retention: float = Field(default=86_400.0, gt=0)
     """Seconds a write's request_id (AIP-155) is remembered for idempotent retries."""
+    max_watchers: int = Field(default=64, ge=1)
+    """Run event streams (WatchRunEvents) open at once; beyond it RESOURCE_EXHAUSTED
+    (TOO_MANY_WATCHERS). Not counted in max_concurrent_rpcs."""
+    watcher_queue_size: int = Field(default=1000, ge=1)
+    """Live events queued for one stream whose client is not reading; one more and the
+    stream ends with RESOURCE_EXHAUSTED (WATCHER_TOO_SLOW)."""
+    run_events_retention: float = Field(default=2_592_000.0, gt=0)
+    """Seconds run_events are kept (30 days); older ones are purged, and a cursor older
+    than what is kept gets FAILED_PRECONDITION (CURSOR_EXPIRED)."""
 
     @field_validator("totals_reconcile_at", mode="before")
     @classmethod
@@ -128,6 +160,8 @@ class Settings(BaseModel):
                                   if env.get(var) or (var in EMPTY_MEANS_OFF and var in env)}
         if "log_level" in values:
             values["log_level"] = str(values["log_level"]).upper()
+        if "log_format" in values:
+            values["log_format"] = str(values["log_format"]).lower()
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**values)

@@ -127,7 +127,9 @@ async def test_a_call_whose_deadline_is_too_short_is_told_not_to_retry(
     async with grpc.aio.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as plain:
         held = await _hold_the_slot(e, plain)
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await plain.unary_unary(METHOD)(b"ping", timeout=0.05)
+            # 30 ms: less than twice the smallest jittered pushback (20 ms) whatever the
+            # jitter, so the answer must be -1 (50 ms left it to chance).
+            await plain.unary_unary(METHOD)(b"ping", timeout=0.03)
         e.release.set()
         await held
     if err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:   # else the deadline won

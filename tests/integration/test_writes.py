@@ -176,3 +176,68 @@ async def test_travel_west_keeps_the_streak_and_the_day_removable(
     assert active.current and active.current_streak_days == 3
     res2 = await unmark(stub, user_id, "2026-11-22")   # "tomorrow" in Pago Pago
     assert res2.change == C.RUN_CHANGE_SHRUNK
+
+
+async def _events(db: asyncpg.Connection, user_id: str) -> list[tuple[str, str, object, object]]:
+    rows = await db.fetch("SELECT kind, cause, before, after FROM run_events WHERE user_id = $1 "
+                          "ORDER BY event_id", user_id)
+    return [(r["kind"], r["cause"], json.loads(r["before"]) if r["before"] else None,
+             json.loads(r["after"]) if r["after"] else None) for r in rows]
+
+
+def _dates(run: object) -> tuple[str, str, int]:
+    assert isinstance(run, dict)
+    return (run["start_date"], run["end_date"], run["day_count"])
+
+
+async def test_backfill_of_separate_dates_records_only_the_runs_it_created(
+        stub: RunsServiceStub, db: asyncpg.Connection, user_id: str) -> None:
+    """The net change (migration 0008): N separate dates into an empty user are N
+    run_created, not N run_created and N-1 run_deactivated of the intermediate states."""
+    days = ["2025-03-01", "2025-03-03", "2025-03-05", "2025-03-07"]
+    await backfill(stub, user_id, days, tz=NY)
+    events = await _events(db, user_id)
+    assert [(k, c) for k, c, _, _ in events] == [("run_created", "backfill")] * 4
+    assert [_dates(after) for _, _, before, after in events if before is None] == [
+        (d, d, 1) for d in days]
+    assert [a["active"] for _, _, _, a in events] == [False, False, False, True]  # type: ignore[index]
+
+
+async def test_backfill_bridging_two_runs_records_one_merge(
+        stub: RunsServiceStub, db: asyncpg.Connection, user_id: str) -> None:
+    await backfill(stub, user_id, ["2025-03-01", "2025-03-02"], tz=NY)
+    await mark(stub, user_id, "2025-03-06")
+    first = len(await _events(db, user_id))
+    res = await backfill(stub, user_id, ["2025-03-03", "2025-03-04", "2025-03-05"])
+    assert res.added_days == 3
+    events = (await _events(db, user_id))[first:]
+    assert len(events) == 1
+    kind, cause, before, after = events[0]
+    assert (kind, cause) == ("run_merged", "backfill")
+    assert isinstance(before, list)
+    assert [_dates(b) for b in before] == [("2025-03-01", "2025-03-02", 2),
+                                           ("2025-03-06", "2025-03-06", 1)]
+    assert _dates(after) == ("2025-03-01", "2025-03-06", 6)
+    assert after["active"] is True  # type: ignore[index]
+
+
+async def test_backfill_net_events_extend_deactivate_and_skip_unchanged_runs(
+        stub: RunsServiceStub, db: asyncpg.Connection, user_id: str) -> None:
+    """Extending the active run and starting a later one: run_deactivated (the old active
+    run as it was, and as it is now) and run_extended, then run_created; a run in the range
+    the backfill did not touch, and dates already marked, record nothing."""
+    await backfill(stub, user_id, ["2025-03-01", "2025-03-05", "2025-03-06"], tz=NY)
+    first = len(await _events(db, user_id))
+    res = await backfill(stub, user_id, ["2025-03-01", "2025-03-07", "2025-03-10"])
+    assert res.added_days == 2
+    events = (await _events(db, user_id))[first:]
+    assert [e[0] for e in events] == ["run_deactivated", "run_extended", "run_created"]
+    _, _, before, after = events[0]
+    assert _dates(before) == ("2025-03-05", "2025-03-06", 2) and before["active"] is True  # type: ignore[index]
+    assert _dates(after) == ("2025-03-05", "2025-03-07", 3) and after["active"] is False  # type: ignore[index]
+    assert _dates(events[1][2]) == ("2025-03-05", "2025-03-06", 2)
+    assert _dates(events[1][3]) == ("2025-03-05", "2025-03-07", 3)
+    assert _dates(events[2][3]) == ("2025-03-10", "2025-03-10", 1)
+    again = await backfill(stub, user_id, ["2025-03-07", "2025-03-10"])
+    assert again.added_days == 0
+    assert len(await _events(db, user_id)) == first + 3

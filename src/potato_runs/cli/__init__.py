@@ -8,7 +8,15 @@ import os
 # gRPC's fork handlers only add noise about them.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from potato_runs.cli import client, flags, health, operators, serve, totals  # noqa: F401  (register commands)
+from potato_runs.cli import (  # noqa: F401  (register commands)
+    client,
+    events,
+    flags,
+    health,
+    operators,
+    serve,
+    totals,
+)
 from potato_runs.cli._common import _describe, app
 
 __all__ = ["_describe", "app", "main"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from potato_runs import logs
 from potato_runs.cli._common import (
     DataDirOpt,
     DsnOpt,
@@ -40,7 +41,23 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
               "signed by it, mTLS (default: $POTATO_TLS_CLIENT_CA)"),
           auth_policy: Path = typer.Option(
               None, "--auth-policy", help="YAML access policy: identities -> roles "
-              "(default: $POTATO_AUTH_POLICY; docs/security.md); reloaded on SIGHUP")) -> None:
+              "(default: $POTATO_AUTH_POLICY; docs/security.md); reloaded on SIGHUP"),
+          otel_grpc_spans: bool = typer.Option(
+              None, "--otel-grpc-spans", help="A span per RPC (opentelemetry-instrumentation-grpc; "
+              "default: $POTATO_OTEL_GRPC_SPANS, off); needs POTATO_OTEL_EXPORTER"),
+          otel_asyncpg_spans: bool = typer.Option(
+              None, "--otel-asyncpg-spans", help="A span per SQL statement "
+              "(default: $POTATO_OTEL_ASYNCPG_SPANS, off); needs POTATO_OTEL_EXPORTER"),
+          metrics_port: int = typer.Option(
+              None, "--metrics-port", min=0, max=65535,
+              help="Serve /metrics for Prometheus on this port (0 picks a free one and "
+              "prints it; default: $POTATO_METRICS_PORT, else off)"),
+          metrics_host: str = typer.Option(
+              None, "--metrics-host", help="Address of the /metrics endpoint (default: "
+              "$POTATO_METRICS_HOST, else the serve host)"),
+          log_format: str = typer.Option(
+              None, "--log-format", help="json, text or auto: text on a terminal, JSON lines "
+              "elsewhere (default: $POTATO_LOG_FORMAT, else auto)")) -> None:
     """Run the gRPC server (embedded PostgreSQL when no DSN is given).
     Exits 2 with `error: ...` when it cannot start. SIGHUP reloads the TLS files and the
     access policy."""
@@ -51,9 +68,11 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
         settings = _settings(host=host, port=port, dsn=dsn, migrate_dsn=migrate_dsn,
                              data_dir=data_dir,
                              tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=client_ca,
-                             auth_policy=auth_policy)
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                             auth_policy=auth_policy, otel_grpc_spans=otel_grpc_spans,
+                             otel_asyncpg_spans=otel_asyncpg_spans,
+                             log_format=log_format.lower() if log_format else None,
+                             metrics_port=metrics_port, metrics_host=metrics_host)
+    logs.configure(settings.log_level, settings.log_format)   # JSON lines unless a terminal
     for warning in exposure_warnings(settings):
         logging.getLogger("potato_runs.serve").warning("%s", warning)
 
@@ -74,6 +93,9 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
         where = "embedded PostgreSQL in " + str(settings.data_dir) if settings.dsn is None \
             else "PostgreSQL at the given DSN"
         print(f"potato-runs serving on {settings.host}:{application.port} ({where})", flush=True)
+        if (endpoint := application.providers.metrics_endpoint) is not None:
+            print(f"potato-runs metrics on http://{endpoint.host}:{endpoint.port}/metrics",
+                  flush=True)
         try:
             await stop.wait()
         finally:

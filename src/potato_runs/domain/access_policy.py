@@ -49,8 +49,7 @@ METHOD_ROLES: Mapping[str, Role] = {
             "RebuildUserRuns", "CheckInvariants", "RebuildRunsBatch", "DiffPopulation",
             "GetShadowStats", "GetFlag", "ListFlags", "UpdateFlag", "RollbackFlag",
             "ReconcileTotals")}),
-    # Not served yet (the run event stream is future work); kept so that it cannot
-    # arrive unguarded.
+    # The run event stream (service/run_events.py): without a policy, the admin token.
     **_table("potato.runs.v2.RunEventsService", {"WatchRunEvents": Role.EVENTS_WATCH}),
 }
 """The one table: every method of every service we register -> the role it needs.

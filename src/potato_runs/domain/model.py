@@ -46,12 +46,25 @@ class Run:
 
 
 @dataclass(frozen=True)
+class RunChange:
+    """One run event a write recorded (run_events): its kind and the runs before and
+    after it (none for a created run's before or a deleted run's after, several for a
+    merge's before or a split's after)."""
+
+    kind: str
+    before: tuple[Run, ...]
+    after: tuple[Run, ...]
+
+
+@dataclass(frozen=True)
 class MarkResult:
     run: Run
     local_date: dt.date
     change: Change
     time_zone: str
     events: tuple[str, ...]
+    changes: tuple[RunChange, ...] = ()
+    """The events with their runs, for telemetry; empty for a replay."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,8 @@ class UnmarkResult:
     change: Change
     runs: tuple[Run, ...]
     events: tuple[str, ...]
+    changes: tuple[RunChange, ...] = ()
+    """The events with their runs, for telemetry; empty for a replay."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,8 @@ class BackfillResult:
     runs: tuple[Run, ...]
     time_zone: str
     events: tuple[str, ...]
+    changes: tuple[RunChange, ...] = ()
+    """The events with their runs, for telemetry; empty for a replay."""
 
 
 @dataclass(frozen=True)

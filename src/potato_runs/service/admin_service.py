@@ -76,11 +76,17 @@ class AdminService:
         errors = ValidationCollector()
         rules.check_admin_range(from_date, to_date, errors)
         errors.raise_if_any()
-        with self._telemetry.write_span("RebuildUserRuns", user_id):
-            plan = await self._repo.rebuild_user(user_id, from_date, to_date, dry_run,
-                                                 self._clock.now(), request_id, timeout)
+        started = time.perf_counter()
+        with self._telemetry.operator_span("RebuildUserRuns", user_id):
+            try:
+                plan = await self._repo.rebuild_user(user_id, from_date, to_date, dry_run,
+                                                     self._clock.now(), request_id, timeout)
+            except BaseException:
+                self._telemetry.record_rebuild_failure()
+                raise
         if not dry_run:
             self._telemetry.record_rebuild(plan)
+            self._telemetry.record_rebuild_duration(time.perf_counter() - started, "user")
         return plan
 
     async def rebuild_batch(self, after: uuid.UUID | None, batch: int, *, dry_run: bool = False,
@@ -92,12 +98,17 @@ class AdminService:
         A user that cannot be rebuilt (e.g. its lock stays busy) is listed in `failed`
         and the batch goes on; running out of `timeout` fails the whole batch."""
         budget = Deadline.after(timeout)
-        if force:
-            users = await self._repo.user_ids(after, batch, timeout=budget.timeout())
-            last, size, todo = (users[-1] if users else None), len(users), users
-        else:
-            last, size, todo = await self._repo.drifted_users(after, batch,
-                                                              timeout=budget.timeout())
+        started = time.perf_counter()
+        try:
+            if force:
+                users = await self._repo.user_ids(after, batch, timeout=budget.timeout())
+                last, size, todo = (users[-1] if users else None), len(users), users
+            else:
+                last, size, todo = await self._repo.drifted_users(after, batch,
+                                                                  timeout=budget.timeout())
+        except BaseException:
+            self._telemetry.record_rebuild_failure()
+            raise
         drifted: list[tuple[uuid.UUID, RebuildPlan]] = []
         failed: list[tuple[uuid.UUID, str]] = []
         for user_id in todo:
@@ -112,6 +123,8 @@ class AdminService:
                 continue
             if not plan.diff.empty:
                 drifted.append((user_id, plan))
+        if not dry_run:
+            self._telemetry.record_rebuild_duration(time.perf_counter() - started, "batch")
         return RebuildBatch(users_scanned=size, last_user=last, drifted=tuple(drifted),
                             failed=tuple(failed))
 
@@ -131,6 +144,8 @@ class AdminService:
                 progress(step.users_scanned, report.users_drifted)
             after = step.last_user
         report.seconds = time.perf_counter() - started
+        if not dry_run:
+            self._telemetry.record_rebuild_duration(report.seconds, "all")
         return report
 
     async def diff_batch(self, after: uuid.UUID | None, batch: int,
@@ -163,9 +178,10 @@ class AdminService:
 
     async def check(self, user_id: uuid.UUID | None, limit: int = 1000,
                     timeout: float = 600.0) -> tuple[list[Violation], bool]:
-        violations, truncated = await self._repo.check(user_id, limit, timeout=timeout)
-        self._telemetry.record_violations(len(violations))
-        return violations, truncated
+        # potato.runs.invariant.violations comes from the invariant monitor's stored
+        # passes alone (app.py), so every replica exports the same counts: an operator's
+        # check does not set it.
+        return await self._repo.check(user_id, limit, timeout=timeout)
 
     async def count_users(self, timeout: float = 60.0) -> int:
         return await self._repo.count_users(timeout=timeout)

@@ -42,6 +42,7 @@ from openfeature.provider.no_op_provider import NoOpProvider
 from potato_runs.clock import Clock
 from potato_runs.domain.errors import DomainError, ErrorKind, Reason, ValidationCollector
 from potato_runs.domain.flags import FlagState, Rule, Variant, resolve
+from potato_runs.service.telemetry import Telemetry
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
 from potato_runs.storage.flags_repo import NOTIFY_CHANNEL, FlagsRepository, load_flags
 
@@ -151,8 +152,9 @@ class FlagStore:
     """
 
     def __init__(self, dsn: str, pool: asyncpg.Pool, *, reload_interval: float = 5.0,
-                 domain: str | None = None) -> None:
+                 domain: str | None = None, telemetry: Telemetry | None = None) -> None:
         self._dsn = dsn
+        self._telemetry = telemetry or Telemetry()
         self._pool = pool
         self._interval = reload_interval
         self.flags: Mapping[str, FlagState] = {}
@@ -175,7 +177,9 @@ class FlagStore:
     def variant(self, flag: str, user_id: uuid.UUID) -> Variant:
         details = self._client.get_string_details(
             flag, DEFAULT_VARIANT, EvaluationContext(targeting_key=str(user_id)))
-        return _VARIANTS.get(details.value, Variant.LEGACY)
+        variant = _VARIANTS.get(details.value, Variant.LEGACY)
+        self._telemetry.record_flag(flag, variant.value)   # potato.flags.evaluations
+        return variant
 
     def details(self, flag: str, user_id: uuid.UUID | str) -> FlagEvaluationDetails[str]:
         """The full OpenFeature answer (value, variant, reason, error code)."""

@@ -62,10 +62,11 @@ class RunsService:
             recorded = await self._recorded_if_refused(errors, cmd.user_id, key, ctx)
             if recorded is not None:
                 return mark_result(cmd.user_id, recorded)
-        with self._telemetry.write_span("MarkDay", cmd.user_id):
+        with self._telemetry.write_span("MarkDay", cmd.user_id) as span:
             result = await self._repo.mark_day(
                 cmd.user_id, local_date, cmd.mark_time if local_date is None else None,
                 cmd.time_zone, cmd.source, now, ctx.request_id, ctx.deadline, key)
+            self._telemetry.add_run_events(span, result.changes, ctx.request_id)
         self._telemetry.record_events(result.events)
         return result
 
@@ -73,9 +74,10 @@ class RunsService:
         errors = ValidationCollector()
         rules.check_markable(cmd.local_date, None, errors, "local_date")
         errors.raise_if_any()
-        with self._telemetry.write_span("UnmarkDay", cmd.user_id):
+        with self._telemetry.write_span("UnmarkDay", cmd.user_id) as span:
             result = await self._repo.unmark_day(cmd.user_id, cmd.local_date, self._clock.now(),
                                                  ctx.request_id, ctx.deadline, unmark_key(cmd))
+            self._telemetry.add_run_events(span, result.changes, ctx.request_id)
         self._telemetry.record_events(result.events)
         return result
 
@@ -97,22 +99,25 @@ class RunsService:
         recorded = await self._recorded_if_refused(errors, cmd.user_id, key, ctx)
         if recorded is not None:
             return backfill_result(cmd.user_id, recorded)
-        with self._telemetry.write_span("BackfillDays", cmd.user_id):
+        with self._telemetry.write_span("BackfillDays", cmd.user_id) as span:
             result = await self._repo.backfill_days(cmd.user_id, cmd.local_dates, cmd.time_zone,
                                                     cmd.source, now, ctx.request_id, ctx.deadline,
                                                     key)
+            self._telemetry.add_run_events(span, result.changes, ctx.request_id)
         self._telemetry.record_events(result.events)
         return result
 
     async def get_active_run(self, user_id: uuid.UUID, ctx: CallContext) -> ActiveRun:
-        zone, run = await self._repo.get_active(user_id, ctx.deadline)
+        with self._telemetry.timed("GetActiveRun"):
+            zone, run = await self._repo.get_active(user_id, ctx.deadline)
         current, streak = rules.current_streak(run, zone, self._clock.now())
         return ActiveRun(run=run, current=current, current_streak_days=streak,
                          time_zone=zone or "")
 
     async def list_runs(self, cmd: ListRuns, ctx: CallContext) -> RunPage:
-        rows = await self._repo.list_runs(cmd.user_id, cmd.before_end_date, cmd.page_size + 1,
-                                          ctx.deadline)
+        with self._telemetry.timed("ListRuns"):
+            rows = await self._repo.list_runs(cmd.user_id, cmd.before_end_date,
+                                              cmd.page_size + 1, ctx.deadline)
         page = rows[: cmd.page_size]
         token = ""
         if len(rows) > cmd.page_size and page:

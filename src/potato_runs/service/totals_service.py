@@ -34,6 +34,7 @@ from potato_runs.domain.totals_answers import (
 )
 from potato_runs.service.commands import CallContext
 from potato_runs.service.shadow import ShadowComparer, ShadowJob
+from potato_runs.service.telemetry import Telemetry
 from potato_runs.storage.totals_reads import TotalsReader, TotalsReads
 
 A = TypeVar("A", bound=TotalsAnswers)
@@ -111,26 +112,30 @@ class Served(Generic[A]):
 
 class TotalsService:
     def __init__(self, reads: TotalsReads, flags: FlagEvaluator, clock: Clock,
-                 shadow: ShadowComparer | None = None) -> None:
+                 shadow: ShadowComparer | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self._reads = reads
+        self._telemetry = telemetry or Telemetry()
         self.flags = flags
         """Which variant of ff.potato.totals_v2 each user gets (replaceable at run time)."""
         self._clock = clock
         self._shadow = shadow
 
     async def get_totals(self, user_id: uuid.UUID, ctx: CallContext) -> Served[TotalsAnswer]:
-        return await self._serve(GetTotalsQuery(user_id), ctx)
+        return await self._serve(GetTotalsQuery(user_id), ctx, "GetTotals")
 
     async def list_monthly_totals(self, request: ListMonthlyTotals,
                                   ctx: CallContext) -> Served[MonthlyPage]:
-        return await self._serve(MonthlyTotalsQuery(request), ctx)
+        return await self._serve(MonthlyTotalsQuery(request), ctx, "ListMonthlyTotals")
 
-    async def _serve(self, query: TotalsQuery[A], ctx: CallContext) -> Served[A]:
+    async def _serve(self, query: TotalsQuery[A], ctx: CallContext,
+                     operation: str) -> Served[A]:
         variant = self.flags.variant(TOTALS_V2, query.user_id)
         source = TotalsSource.STORED if variant is Variant.V2 else TotalsSource.COMPUTED
         now = self._clock.now()
-        answer = await self._reads.read(ctx.deadline,
-                                        lambda r: query.answer(r, source, now))
+        with self._telemetry.timed(operation):
+            answer = await self._reads.read(ctx.deadline,
+                                            lambda r: query.answer(r, source, now))
         after = None
         if variant is Variant.SHADOW and self._shadow is not None:
             after = functools.partial(self._shadow.submit,

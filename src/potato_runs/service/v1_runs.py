@@ -34,6 +34,7 @@ from potato_runs.domain.reads import (
 from potato_runs.service.commands import CallContext, MarkDay, UnmarkDay
 from potato_runs.service.runs_service import RunsService
 from potato_runs.service.shadow import ShadowComparer, ShadowJob
+from potato_runs.service.telemetry import Telemetry
 from potato_runs.storage.read_paths import Reader, ReadPaths
 
 A = TypeVar("A", bound=Answer)
@@ -91,8 +92,10 @@ class Served(Generic[A]):
 
 class V1RunsService:
     def __init__(self, runs: RunsService, paths: ReadPaths, flags: FlagEvaluator, clock: Clock,
-                 shadow: ShadowComparer | None = None) -> None:
+                 shadow: ShadowComparer | None = None,
+                 telemetry: Telemetry | None = None) -> None:
         self._runs = runs
+        self._telemetry = telemetry or Telemetry()
         self._paths = paths
         self.flags = flags
         """Which variant of ff.potato.runs_v2 each user gets (replaceable at run time)."""
@@ -107,21 +110,22 @@ class V1RunsService:
 
     async def get_current_run(self, user_id: uuid.UUID,
                               ctx: CallContext) -> Served[CurrentRunAnswer]:
-        return await self._serve(CurrentRunQuery(user_id), ctx)
+        return await self._serve(CurrentRunQuery(user_id), ctx, "v1.GetCurrentRun")
 
     async def list_runs(self, user_id: uuid.UUID, limit: int,
                         ctx: CallContext) -> Served[RunsAnswer]:
-        return await self._serve(ListRunsQuery(user_id, limit), ctx)
+        return await self._serve(ListRunsQuery(user_id, limit), ctx, "v1.ListRuns")
 
     async def get_stats(self, user_id: uuid.UUID, ctx: CallContext) -> Served[StatsAnswer]:
-        return await self._serve(StatsQuery(user_id), ctx)
+        return await self._serve(StatsQuery(user_id), ctx, "v1.GetStats")
 
-    async def _serve(self, query: V1Query[A], ctx: CallContext) -> Served[A]:
+    async def _serve(self, query: V1Query[A], ctx: CallContext, operation: str) -> Served[A]:
         variant = self.flags.variant(RUNS_V2, query.user_id)
         source = ReadSource.PROJECTION if variant is Variant.V2 else ReadSource.LEGACY
         now = self._clock.now()
-        answer = await self._paths.read(ctx.deadline,
-                                        lambda r: query.answer(r, source, now))
+        with self._telemetry.timed(operation):
+            answer = await self._paths.read(ctx.deadline,
+                                            lambda r: query.answer(r, source, now))
         after = None
         if variant is Variant.SHADOW and self._shadow is not None:
             after = functools.partial(self._shadow.submit,

@@ -103,8 +103,13 @@ INVARIANT_QUERIES: dict[str, str] = {
 }
 
 
-def invariant_sql(code: str, one_user: bool) -> str:
+def invariant_sql(code: str, one_user: bool, *, some_users: bool = False) -> str:
+    """The query of `code` for everyone, one user ($1 uuid), or a set of users ($1 uuid[],
+    `some_users`: the incremental invariant monitor; the same index scans as one user)."""
     sql = INVARIANT_QUERIES[code]
+    if some_users:
+        return sql.replace("{u}", "AND r.user_id = ANY($1::uuid[])").replace(
+            "{uc}", "AND c.user_id = ANY($1::uuid[])")
     return sql.replace("{u}", "AND r.user_id = $1" if one_user else "").replace(
         "{uc}", "AND c.user_id = $1" if one_user else "")
 

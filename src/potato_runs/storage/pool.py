@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -47,13 +48,33 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
     return pool
 
 
+_wait_observers: dict[int, tuple[Any, Callable[[float], None]]] = {}
+"""Pool (by id; the entry holds the pool, so its id cannot be reused) -> what records
+the seconds each `acquire` waited for a connection (the composition root sets it:
+service/telemetry.py's `potato.db.pool.wait`); storage knows nothing of telemetry."""
+
+
+def observe_wait(pool: Any, record: Callable[[float], None]) -> None:
+    _wait_observers[id(pool)] = (pool, record)
+
+
+def unobserve_wait(pool: Any) -> None:
+    _wait_observers.pop(id(pool), None)
+
+
 @contextlib.asynccontextmanager
 async def acquire(pool: Any, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
     """`pool.acquire(timeout=...)`, except that a connection which fails under the caller
     (killed backend, broken protocol state: `errors.CONNECTION_FAILURES`) is terminated
     before it goes back, so the pool opens a fresh one instead of handing it out again.
-    A timeout is not a broken connection (asyncpg cancelled the statement): kept."""
+    A timeout is not a broken connection (asyncpg cancelled the statement): kept.
+    The wait for a connection is reported to the pool's wait observer, if any (an
+    acquisition that times out is not: it shows as DEADLINE_EXCEEDED)."""
+    seen = _wait_observers.get(id(pool))
+    started = time.perf_counter()
     async with pool.acquire(timeout=timeout) as conn:
+        if seen is not None:
+            seen[1](time.perf_counter() - started)
         try:
             yield conn
         except CONNECTION_FAILURES as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import uuid
 import weakref
@@ -13,7 +14,14 @@ from typing import Any, TypeVar
 import asyncpg
 
 from potato_runs.deadline import Deadline
-from potato_runs.domain.model import BackfillResult, Change, MarkResult, Run, UnmarkResult
+from potato_runs.domain.model import (
+    BackfillResult,
+    Change,
+    MarkResult,
+    Run,
+    RunChange,
+    UnmarkResult,
+)
 from potato_runs.domain.request_ids import RequestKey
 from potato_runs.storage import db_call
 from potato_runs.storage.db_call import RetryPolicy
@@ -56,24 +64,95 @@ def _events(res: Mapping[str, Any]) -> tuple[str, ...]:
     return () if res.get("replayed") else tuple(res["events"] or ())
 
 
+def _runs_of(user_id: uuid.UUID, value: Any) -> tuple[Run, ...]:
+    """A run event's `before`/`after`: null, one run, or an array of runs."""
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return tuple(run_from_json(user_id, r) for r in value)
+    return (run_from_json(user_id, value),)
+
+
+def _changes(user_id: uuid.UUID, res: Mapping[str, Any],
+             derive: Callable[[str], RunChange | None]) -> tuple[RunChange, ...]:
+    """The run events a write wrote, with their runs: migration 0008's `changes` when the
+    write function returned them, else (a MarkDay or UnmarkDay of one event, where the
+    function saves the read-back) derived from the result by `derive`. None for a replay
+    (it wrote nothing)."""
+    if res.get("replayed"):
+        return ()
+    listed = res.get("changes")
+    if listed is not None:
+        return tuple(RunChange(str(c["kind"]), _runs_of(user_id, c.get("before")),
+                               _runs_of(user_id, c.get("after"))) for c in listed)
+    return tuple(c for kind in _events(res) if (c := derive(kind)) is not None)
+
+
+def _span(run: Run, start: dt.date, end: dt.date) -> Run:
+    """`run`'s identity with other dates: a run before a one-day change (its dates are
+    what telemetry reports; the timestamps are the result's)."""
+    return dataclasses.replace(run, start_date=start, end_date=end)
+
+
+def _mark_change(kind: str, run: Run, day: dt.date) -> RunChange | None:
+    """The one event of a MarkDay that added `day` to `run` (now holding it)."""
+    one = dt.timedelta(days=1)
+    if kind == "run_created":
+        return RunChange(kind, (), (run,))
+    if kind == "run_extended":
+        before = (_span(run, day + one, run.end_date) if day == run.start_date
+                  else _span(run, run.start_date, day - one))
+        return RunChange(kind, (before,), (run,))
+    if kind == "run_merged":
+        return RunChange(kind, (_span(run, run.start_date, day - one),
+                                _span(run, day + one, run.end_date)), (run,))
+    return None
+
+
+def _unmark_change(kind: str, runs: tuple[Run, ...], user_id: uuid.UUID,
+                   day: dt.date) -> RunChange | None:
+    """The one event of an UnmarkDay that removed `day`; `runs` is its result's runs
+    (the shrunk run; the split's right then left piece; none when deleted)."""
+    one = dt.timedelta(days=1)
+    if kind == "run_deleted":
+        return RunChange(kind, (Run(user_id, day, day, False),), ())
+    if kind == "run_shrunk" and len(runs) == 1:
+        after = runs[0]
+        before = (_span(after, day, after.end_date) if day == after.start_date - one
+                  else _span(after, after.start_date, day))
+        return RunChange(kind, (before,), (after,))
+    if kind == "run_split" and len(runs) == 2:
+        right, left = runs
+        return RunChange(kind, (_span(left, left.start_date, right.end_date),), (left, right))
+    return None
+
+
 def mark_result(user_id: uuid.UUID, res: Mapping[str, Any]) -> MarkResult:
     """A MarkResult from potato_mark_day's jsonb (or its recorded copy)."""
+    run = run_from_json(user_id, res["run"])
+    day = _date(res["local_date"])
     return MarkResult(
-        run=run_from_json(user_id, res["run"]),
-        local_date=_date(res["local_date"]),
+        run=run,
+        local_date=day,
         change=Change(res["change"]),
         time_zone=str(res["time_zone"]),
         events=_events(res),
+        changes=_changes(user_id, res, lambda kind: _mark_change(kind, run, day)),
     )
 
 
-def unmark_result(user_id: uuid.UUID, res: Mapping[str, Any]) -> UnmarkResult:
-    """An UnmarkResult from potato_unmark_day's jsonb (or its recorded copy)."""
+def unmark_result(user_id: uuid.UUID, res: Mapping[str, Any],
+                  day: dt.date | None = None) -> UnmarkResult:
+    """An UnmarkResult from potato_unmark_day's jsonb (or its recorded copy); `day`, the
+    unmarked date, lets a one-event result describe its run event (none without it)."""
+    runs = tuple(run_from_json(user_id, r) for r in res["runs"])
     return UnmarkResult(
         removed=bool(res["removed"]),
         change=Change(res["change"]),
-        runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
+        runs=runs,
         events=_events(res),
+        changes=_changes(user_id, res, lambda kind: None if day is None
+                         else _unmark_change(kind, runs, user_id, day)),
     )
 
 
@@ -84,6 +163,7 @@ def backfill_result(user_id: uuid.UUID, res: Mapping[str, Any]) -> BackfillResul
         runs=tuple(run_from_json(user_id, r) for r in res["runs"]),
         time_zone=str(res["time_zone"]),
         events=_events(res),
+        changes=_changes(user_id, res, lambda _kind: None),   # always listed (0008)
     )
 
 
@@ -92,9 +172,13 @@ RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, create
 
 
 class RunsRepository:
-    def __init__(self, pool: asyncpg.Pool, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, retry: RetryPolicy | None = None,
+                 written: Callable[[], None] | None = None) -> None:
+        """`written` is called after each write that committed (the run event stream's
+        after-commit wake-up, run_events_repo.EventNotifier)."""
         self._pool = pool
         self._retry = retry or RetryPolicy()
+        self._written = written
         self._user_locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
             weakref.WeakValueDictionary())
 
@@ -117,6 +201,8 @@ class RunsRepository:
             yield
         finally:
             lock.release()
+        if self._written is not None:   # the body returned: its write committed
+            self._written()
 
     async def _run(self, deadline: Deadline, date_field: str,
                    op: Callable[[asyncpg.Connection, float], Awaitable[T]],
@@ -162,7 +248,7 @@ class RunsRepository:
 
         async with self._one_writer_per_user(user_id, deadline):
             res = await self._run(deadline, "local_date", op, write=True)
-        return unmark_result(user_id, res)
+        return unmark_result(user_id, res, local_date)
 
     async def backfill_days(self, user_id: uuid.UUID, dates: Sequence[dt.date],
                             time_zone: str | None, source: str, now: dt.datetime,

@@ -15,6 +15,11 @@ before its handler runs, with `google.rpc.ErrorInfo` reason `OVERLOADED` (metada
 gRFC A6, which a client with the retry service config (`transport/service_config.py`)
 honours: it retries after that many milliseconds.
 
+Long-lived server streams (`WatchRunEvents`) are counted apart: a stream that lasts
+hours is not a call in flight, would hold a slot for ever and keep a drain waiting; each
+streaming method has its own limit (`streams`, POTATO_MAX_WATCHERS), beyond which a new
+stream gets RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCHERS`).
+
 On SIGTERM the server first `drain()`s: every new call gets UNAVAILABLE (reason
 `SERVER_DRAINING`, `write_outcome: not_applied`), so a client retries on another
 replica, while the calls in flight finish; `quiesce()` returns once none is left and no
@@ -29,7 +34,7 @@ import asyncio
 import functools
 import random
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import grpc
@@ -39,6 +44,8 @@ from potato_runs.transport.status import to_status
 
 PUSHBACK_TRAILER = "grpc-retry-pushback-ms"
 NEVER_SHED = frozenset({"/potato.runs.v2.AdminService/RollbackFlag"})
+STREAM_PUSHBACK_MS = 1000
+"""Retry pushback of a stream refused for the stream limit."""
 """Methods served whatever the load: the flag rollback is the incident's way out."""
 
 Behavior = Callable[[Any, Any], Awaitable[Any]]
@@ -56,12 +63,19 @@ class LoadShedder:
     it. `shed` counts refused calls (for tests and benchmarks)."""
 
     def __init__(self, limit: int, *, pushback_ms: int = 100,
-                 exempt: Collection[str] = NEVER_SHED) -> None:
+                 exempt: Collection[str] = NEVER_SHED,
+                 streams: Mapping[str, int] | None = None) -> None:
+        """`streams`: long-lived streaming methods -> the most of them open at once.
+        They are not counted in `limit` (a stream that lasts hours is not a call in
+        flight, and would hold a slot for ever, nor does it block the drain); beyond
+        their own limit a new one gets RESOURCE_EXHAUSTED (TOO_MANY_WATCHERS)."""
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self.pushback_ms = pushback_ms
         self.exempt = frozenset(exempt)
+        self.streams = dict(streams or {})
+        self.open_streams: dict[str, int] = dict.fromkeys(self.streams, 0)
         self.in_flight = 0
         self.shed = 0
         self.draining = False
@@ -85,6 +99,8 @@ class LoadShedder:
     def intercept(self, method: str, behavior: Behavior) -> Behavior:
         if method in self.exempt:
             return behavior
+        if method in self.streams:
+            return self._limit_streams(method, behavior)
 
         @functools.wraps(behavior)
         async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -97,6 +113,32 @@ class LoadShedder:
                 self.in_flight -= 1
                 if self.draining and self.in_flight == 0:
                     self._idle.set()
+
+        return limited
+
+    def _limit_streams(self, method: str, behavior: Behavior) -> Behavior:
+        limit = self.streams[method]
+        code, status = to_status(DomainError(
+            ErrorKind.RESOURCE_EXHAUSTED, Reason.TOO_MANY_WATCHERS,
+            f"the server has {limit} streams of {method} open, its limit "
+            f"(POTATO_MAX_WATCHERS); retry later or on another replica",
+            {"limit": str(limit), "method": method}))
+        trailers = (("grpc-status-details-bin", status.SerializeToString()),
+                    (PUSHBACK_TRAILER, str(STREAM_PUSHBACK_MS)))
+
+        @functools.wraps(behavior)
+        async def limited(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if self.draining:
+                code_, message, drain = self._drain_status
+                await context.abort(code_, message, trailing_metadata=drain)
+            if self.open_streams[method] >= limit:
+                self.shed += 1
+                await context.abort(code, status.message, trailing_metadata=trailers)
+            self.open_streams[method] += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.open_streams[method] -= 1
 
         return limited
 

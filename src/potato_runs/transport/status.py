@@ -28,6 +28,8 @@ _CODES: dict[ErrorKind, tuple[grpc.StatusCode, int]] = {
     ErrorKind.RESOURCE_EXHAUSTED: (grpc.StatusCode.RESOURCE_EXHAUSTED,
                                    code_pb2.RESOURCE_EXHAUSTED),
     ErrorKind.ALREADY_EXISTS: (grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
+    ErrorKind.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION,
+                                    code_pb2.FAILED_PRECONDITION),
     ErrorKind.INTERNAL: (grpc.StatusCode.INTERNAL, code_pb2.INTERNAL),
 }
 

@@ -9,7 +9,12 @@ import pytest
 from google.protobuf.descriptor import ServiceDescriptor
 
 from potato.runs.v1 import runs_service_pb2 as v1_pb2
-from potato.runs.v2 import admin_service_pb2, runs_service_pb2, totals_service_pb2
+from potato.runs.v2 import (
+    admin_service_pb2,
+    run_events_service_pb2,
+    runs_service_pb2,
+    totals_service_pb2,
+)
 from potato_runs.domain.access_policy import (
     ADMIN_TOKEN_NAME,
     METHOD_ROLES,
@@ -51,7 +56,8 @@ def registered_services() -> list[ServiceDescriptor]:
     return [runs_service_pb2.DESCRIPTOR.services_by_name["RunsService"],
             v1_pb2.DESCRIPTOR.services_by_name["RunsService"],
             totals_service_pb2.DESCRIPTOR.services_by_name["TotalsService"],
-            admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"]]
+            admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+            run_events_service_pb2.DESCRIPTOR.services_by_name["RunEventsService"]]
 
 
 def test_every_method_of_every_service_has_one_role() -> None:
@@ -60,7 +66,7 @@ def test_every_method_of_every_service_has_one_role() -> None:
                if f"/{s.full_name}/{m.name}" not in METHOD_ROLES]
     assert missing == []
     served = {f"/{s.full_name}/{m.name}" for s in registered_services() for m in s.methods}
-    assert set(METHOD_ROLES) - served == {"/potato.runs.v2.RunEventsService/WatchRunEvents"}
+    assert set(METHOD_ROLES) == served
     assert METHOD_ROLES["/potato.runs.v2.RunsService/MarkDay"] is Role.RUNS_WRITE
     assert METHOD_ROLES["/potato.runs.v2.RunsService/GetActiveRun"] is Role.RUNS_READ
     assert METHOD_ROLES["/potato.runs.v1.RunsService/UnmarkDay"] is Role.RUNS_WRITE
