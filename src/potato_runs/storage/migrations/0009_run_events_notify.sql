@@ -7,8 +7,8 @@
 --    NOTIFY trigger here cut MarkDay throughput at 32 connections with fsync on from a
 --    median of 1,360/s to 586/s (2.3x; scripts/bench_events.py repeats it). The server
 --    that wrote therefore notifies after the commit, coalesced (storage/run_events_repo.py
---    EventNotifier: at most one `pg_notify('potato_run_events', '')` per few
---    milliseconds per replica, outside any write transaction); the listener re-reads
+--    EventNotifier: at most one `pg_notify('potato_run_events', '')` per 25 ms per
+--    replica, outside any write transaction); the listener re-reads
 --    run_events by `event_id > last settled id` on each wake-up and every second anyway,
 --    so writes made elsewhere (an offline rebuild) arrive within that second.
 -- 2. Transaction id before event id. Event ids come from a sequence, drawn at insert time,
