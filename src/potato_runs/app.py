@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from potato.runs.v2 import (
 )
 from potato_runs.clock import Clock, SystemClock
 from potato_runs.config import Settings
+from potato_runs.deadline import Deadline
 from potato_runs.domain.access_policy import PolicyError
 from potato_runs.domain.flags import TOTALS_V2
 from potato_runs.domain.totals_answers import TotalsSource
@@ -33,8 +35,8 @@ from potato_runs.service.admin_service import AdminService
 from potato_runs.service.database_probe import DatabaseProbe
 from potato_runs.service.flags import FlagService, FlagStore
 from potato_runs.service.invariant_monitor import Health, InvariantMonitor, InvariantStatus
-from potato_runs.service.request_id_purge import RequestIdPurge
-from potato_runs.service.run_events import EventHub, RunEventsPurge, RunEventsService
+from potato_runs.service.retention import RetentionPurge
+from potato_runs.service.run_events import EventHub, RunEventsService
 from potato_runs.service.runs_service import RunsService
 from potato_runs.service.shadow import ShadowComparer, ShadowPaths, ShadowSettings
 from potato_runs.service.telemetry import Telemetry
@@ -80,6 +82,10 @@ RUN_EVENTS_SERVICE = run_events_service_pb2.DESCRIPTOR.services_by_name[
 WATCH_RUN_EVENTS = f"/{RUN_EVENTS_SERVICE}/WatchRunEvents"
 ADMIN_POOL_SIZE = 2
 DRAIN_WAIT = 1.0
+REQUEST_ID_PURGE_INTERVAL = 60.0
+"""Seconds between purges of request ids past their retention (24 h by default)."""
+RUN_EVENTS_PURGE_INTERVAL = 600.0
+"""Seconds between purges of run events past their retention (30 days by default)."""
 """Most seconds a stopping server answers new calls UNAVAILABLE before gRPC's own stop."""
 INVARIANTS_HEALTH = "potato.runs.v2.Invariants"
 PING_TIMEOUT = 0.8
@@ -230,13 +236,13 @@ class App:
     shadow: ShadowComparer | None = None
     shadow_pool: asyncpg.Pool | None = None
     totals_reconcile: DailyTotalsReconcile | None = None
-    request_id_purge: RequestIdPurge | None = None
+    request_id_purge: RetentionPurge | None = None
     tls: ServerTls | None = None
     access: AccessControl | None = None
     shedder: LoadShedder | None = None
     run_events: RunEventsService | None = None
     event_notifier: EventNotifier | None = None
-    run_events_purge: RunEventsPurge | None = None
+    run_events_purge: RetentionPurge | None = None
     asyncpg_spans: AsyncpgSpans | None = None
 
     def reload(self) -> None:
@@ -479,8 +485,9 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
         poll=settings.totals_reconcile_poll)
     # AIP-155 request ids past their retention: purged on the admin pool, in every replica.
-    request_id_purge = RequestIdPurge(RequestIdsRepository(admin_pool), clock,
-                                      settings.request_id_retention)
+    request_id_purge = RetentionPurge(
+        "request-id-purge", "request ids", RequestIdsRepository(admin_pool).purge_batch,
+        clock, settings.request_id_retention, REQUEST_ID_PURGE_INTERVAL)
     add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout,
                                       flags=flag_service, totals=reconciler),
                 admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], interceptors)
@@ -495,8 +502,14 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     add_service(server, RunEventsServicer(run_events),
                 run_events_service_pb2.DESCRIPTOR.services_by_name["RunEventsService"],
                 interceptors)
-    run_events_purge = RunEventsPurge(RunEventsRepository(admin_pool), clock,
-                                      settings.run_events_retention)
+    events_admin = RunEventsRepository(admin_pool)
+
+    async def purge_events(older_than: dt.datetime, limit: int, deadline: Deadline) -> int:
+        return await events_admin.purge_batch(older_than, limit, clock.now(), deadline)
+
+    run_events_purge = RetentionPurge(
+        "run-events-purge", "run events", purge_events, clock,
+        settings.run_events_retention, RUN_EVENTS_PURGE_INTERVAL, max_batches=100)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", RUNS_SERVICE, V1_RUNS_SERVICE, TOTALS_SERVICE, ADMIN_SERVICE,

@@ -19,7 +19,7 @@ from potato.runs.v2 import run_pb2 as C
 from potato.runs.v2 import runs_service_pb2 as pb
 from potato.runs.v2.runs_service_pb2_grpc import RunsServiceStub
 from potato_runs.clock import FixedClock
-from potato_runs.service.request_id_purge import RequestIdPurge
+from potato_runs.service.retention import RetentionPurge
 from potato_runs.storage.pool import create_pool
 from potato_runs.storage.request_ids_repo import RequestIdsRepository
 from support import ServerThread, rich_status
@@ -327,8 +327,9 @@ async def test_the_purge_deletes_old_ids_in_batches_and_keeps_young_ones(
                 "INSERT INTO request_ids (user_id, request_id, fingerprint, response, "
                 "created_at) VALUES ($1, $2, $3, '{}'::jsonb, $4)",
                 user, key, b"\0" * 32, now - delta)
-    purge = RequestIdPurge(RequestIdsRepository(pool), FixedClock(now), retention=86_400,
-                           batch_size=2, max_batches=100)
+    purge = RetentionPurge("request-id-purge", "request ids",
+                           RequestIdsRepository(pool).purge_batch, FixedClock(now),
+                           retention=86_400, interval=60, batch_size=2, max_batches=100)
     deleted = await purge.purge_once()
     assert deleted >= len(ids["old"])   # others' ids older than a day go too
     left = {r[0] for r in await db.fetch(

@@ -28,7 +28,8 @@ How a stream works (docs/observability.md, "Run event stream"):
   RESOURCE_EXHAUSTED (WATCHER_TOO_SLOW); the client resumes from the last id it got.
   Memory per watcher is bounded by its queue and gRPC's flow-control window.
 
-`RunEventsPurge` deletes events older than the retention, batch by batch, and records
+`RetentionPurge` (service/retention.py, wired in app.py) deletes events older than the
+retention, batch by batch, and records
 the largest id deleted (`run_events_retention.purged_through`): a cursor below it has
 lost events and gets FAILED_PRECONDITION (CURSOR_EXPIRED); cursor 0 means "from the
 oldest kept".
@@ -39,18 +40,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from potato_runs.clock import Clock
 from potato_runs.deadline import Deadline
 from potato_runs.domain.errors import DomainError, ErrorKind, Reason
 from potato_runs.domain.run_events import RunEvent
-from potato_runs.service.periodic import Periodic
 from potato_runs.storage.errors import DB_FAILURES
 from potato_runs.storage.run_events_repo import RunEventsRepository
 
@@ -485,56 +483,3 @@ class RunEventsService:
     async def stop(self) -> None:
         await self._hub.stop()
 
-
-# ------------------------------------------------------------------------ retention
-PURGE_INTERVAL = 600.0
-"""Seconds between retention rounds."""
-PURGE_BATCH = 1000
-PURGE_MAX_BATCHES = 100
-PURGE_BATCH_TIMEOUT = 30.0
-
-
-class RunEventsPurge(Periodic):
-    """Every `interval` seconds, deletes the events recorded (occurred_at, the service's
-    clock) before now - `retention`, oldest id first, in batches of one short
-    transaction each, at most `max_batches` per round (a backlog is worked off over
-    several rounds, so a round never holds an admin-pool connection for long). Each
-    batch raises run_events_retention.purged_through to the largest id it deleted.
-
-    Safe in every replica at once: a batch deletes old rows only; two replicas purging
-    together delete each row once (the second waits for the first's row locks and then
-    skips the rows gone), and the watermark only rises. It never takes a user's lock nor
-    blocks a write (writes insert new rows, never old enough)."""
-
-    name = "run-events-purge"
-
-    def __init__(self, repo: RunEventsRepository, clock: Clock, retention: float,
-                 interval: float = PURGE_INTERVAL, batch_size: int = PURGE_BATCH,
-                 max_batches: int = PURGE_MAX_BATCHES) -> None:
-        super().__init__(interval)
-        self._repo = repo
-        self._clock = clock
-        self._retention = dt.timedelta(seconds=retention)
-        self._batch_size = batch_size
-        self._max_batches = max_batches
-
-    async def purge_once(self) -> int:
-        """One round; returns how many events it deleted."""
-        now = self._clock.now()
-        cutoff = now - self._retention
-        deleted = 0
-        for _ in range(self._max_batches):
-            n = await self._repo.purge_batch(cutoff, self._batch_size, now,
-                                             Deadline.after(PURGE_BATCH_TIMEOUT))
-            deleted += n
-            if n < self._batch_size:
-                break
-        if deleted:
-            log.info("purged %d run events recorded before %s", deleted, cutoff.isoformat())
-        return deleted
-
-    async def round(self) -> None:
-        await self.purge_once()
-
-    def on_failure(self) -> None:
-        """Nothing to report: the next round deletes what this one left."""

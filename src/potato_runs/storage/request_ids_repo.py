@@ -31,7 +31,10 @@ class RequestIdsRepository:
     async def purge_batch(self, older_than: dt.datetime, limit: int,
                           deadline: Deadline) -> int:
         """Deletes at most `limit` ids recorded before `older_than` (one short
-        transaction); returns how many it deleted."""
+        transaction); returns how many it deleted. Never blocks a write: a write records
+        a new id (never old enough), a retry that finds its id just before this deletes
+        it replays it, and one just after runs as a new request, as any retry after the
+        retention does (service/retention.py runs it)."""
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:
             return await conn.execute(PURGE_BATCH_SQL, older_than, limit, timeout=timeout)
 
