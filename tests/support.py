@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import Coroutine, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,11 +22,12 @@ import asyncpg
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from potato_runs.app import App, Database, build_app
+from potato_runs.app import App, Database, Migrator, build_app
 from potato_runs.clock import FixedClock
 from potato_runs.config import Settings
 from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.pool import create_pool
+from potato_runs.storage.roles import OWNER_ROLE
 
 T = TypeVar("T")
 
@@ -51,11 +52,15 @@ class BearerInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[m
 
 
 class ServerThread:
-    def __init__(self, dsn: str, clock: FixedClock, **settings: Any) -> None:
+    def __init__(self, dsn: str, clock: FixedClock, *, owner: bool = False,
+                 **settings: Any) -> None:
         """`settings` override the test server's Settings (e.g. auth_policy=path).
         `dsn` is the test's (superuser) DSN; the server connects as potato_app
-        (`app_dsn`), so every test exercises the least-privilege role."""
+        (`app_dsn`), so every test exercises the least-privilege role. `owner`: the
+        server also has an owner (migrate) connection, the superuser acting as
+        potato_owner, as the embedded cluster's server has (the blue/green rebuild)."""
         self.dsn = dsn
+        self.owner = owner
         self.app_dsn = app_dsn(dsn)
         self.clock = clock
         self.settings = settings
@@ -73,8 +78,9 @@ class ServerThread:
                 host="127.0.0.1", port=0, dsn=self.app_dsn, grace_period=1.0,
                 invariant_check_interval=0, health_probe_interval=0,
                 admin_token=ADMIN_TOKEN, totals_reconcile_at=None), **self.settings})
-            return await build_app(settings, clock=self.clock,
-                                   database=Database(dsn=self.app_dsn, pool=pool))
+            migrator = Migrator(self.dsn, role=OWNER_ROLE) if self.owner else None
+            return await build_app(settings, clock=self.clock, database=Database(
+                dsn=self.app_dsn, pool=pool, migrator=migrator))
 
         self.app = self.run(boot())
         return self
@@ -120,19 +126,32 @@ def rich_status(exc: grpc.RpcError) -> tuple[error_details_pb2.ErrorInfo | None,
 
 class OneConnectionPool:
     """Stands in for a pool: runs the library's checker/rebuild on one connection,
-    inside the transaction the test has open on it."""
+    inside the transaction the test has open on it. Like asyncpg's pool, `acquire()` is
+    awaitable (then `release`) and an async context manager."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
-    def acquire(self, timeout: float | None = None) -> contextlib.AbstractAsyncContextManager[Any]:
-        conn = self._conn
+    def acquire(self, timeout: float | None = None) -> _Lent:
+        return _Lent(self._conn)
 
-        @contextlib.asynccontextmanager
-        async def cm() -> AsyncIterator[asyncpg.Connection]:
-            yield conn
+    async def release(self, conn: asyncpg.Connection) -> None:
+        assert conn is self._conn
 
-        return cm()
+
+class _Lent:
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    def __await__(self) -> Generator[Any, None, asyncpg.Connection]:
+        yield from asyncio.sleep(0).__await__()
+        return self._conn
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 def alive(pid: int) -> bool:

@@ -15,6 +15,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from pydantic import SecretStr
 
 from potato.runs.v1 import runs_service_pb2 as v1_runs_service_pb2
 from potato.runs.v2 import (
@@ -32,6 +33,7 @@ from potato_runs.domain.totals_answers import TotalsSource
 from potato_runs.domain.totals_answers import normalize as normalize_totals
 from potato_runs.observability import Providers, build_providers, start_metrics_endpoint
 from potato_runs.service.admin_service import AdminService
+from potato_runs.service.blue_green import BlueGreenService
 from potato_runs.service.database_probe import DatabaseProbe
 from potato_runs.service.flags import FlagService, FlagStore
 from potato_runs.service.invariant_monitor import Health, InvariantMonitor, InvariantStatus
@@ -96,6 +98,12 @@ and health says so within a second."""
 
 class StartupError(RuntimeError):
     """The server could not start (e.g. it could not bind its address)."""
+
+
+NO_ADMIN_TOKEN = (
+    "POTATO_ADMIN_TOKEN is not set: with --dsn (or POTATO_DSN) the AdminService token "
+    "must come from the environment; set POTATO_ADMIN_TOKEN to a random secret of 16+ "
+    "characters (e.g. `openssl rand -hex 32`) and give the same value to the CLI")
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,8 @@ async def open_database(settings: Settings, *, run_migrations: bool = True,
         await asyncio.to_thread(embedded.start, create=create_cluster)
         migrator = Migrator(embedded.dsn(), role=OWNER_ROLE)
     else:
-        migrator = Migrator(settings.migrate_dsn or dsn)
+        migrator = (Migrator(settings.migrate_dsn, role=settings.migrate_role)
+                    if settings.migrate_dsn else Migrator(dsn))
     try:
         if embedded is not None:
             if create_cluster:
@@ -326,13 +335,61 @@ def _admin_token(settings: Settings, injected: bool) -> str:
     return token
 
 
+def connections_per_worker(settings: Settings) -> int:
+    """Most PostgreSQL sessions one server process opens: its serving, admin and shadow
+    pools, and three sessions of its own (health ping, run-events and flags LISTEN). A
+    `serve --workers N` group opens N times as many."""
+    return settings.pool_max_size + ADMIN_POOL_SIZE + settings.shadow_workers + 3
+
+
+async def prepare_group(settings: Settings) -> tuple[Settings, EmbeddedPostgres | None]:
+    """What the supervisor of `serve --workers N` does once, before its workers start:
+    open the database (starting the embedded cluster when no DSN is given), migrate it,
+    resolve the admin token, and warn when N workers could open more sessions than
+    PostgreSQL allows. Returns the settings every worker builds its app from (the serving
+    DSN and the admin token filled in) and the embedded cluster to stop at the end."""
+    if settings.admin_token is None and settings.dsn is not None:
+        raise StartupError(NO_ADMIN_TOKEN)
+    db = await open_database(settings)
+    try:
+        if db.embedded is None:
+            await _warn_if_ddl(db.pool)
+        token = (settings.admin_token.get_secret_value() if settings.admin_token is not None
+                 else _admin_token(settings, False))
+        async with db.pool.acquire() as conn:
+            allowed = int(await conn.fetchval(
+                "SELECT current_setting('max_connections')::int"
+                " - current_setting('superuser_reserved_connections')::int"))
+        need = settings.workers * connections_per_worker(settings)
+        if need > allowed:
+            log.warning("%d workers may open %d PostgreSQL sessions (%d each: "
+                        "POTATO_POOL_MAX_SIZE %d + admin %d + POTATO_SHADOW_WORKERS %d + 3) but "
+                        "the server allows %d; lower --workers or POTATO_POOL_MAX_SIZE, or raise "
+                        "max_connections", settings.workers, need,
+                        connections_per_worker(settings), settings.pool_max_size,
+                        ADMIN_POOL_SIZE, settings.shadow_workers, allowed)
+        await db.pool.close()   # the supervisor serves nothing: no sessions of its own
+    except BaseException:
+        await db.close()
+        raise
+    # The workers get the owner connection the supervisor has (the embedded cluster's
+    # superuser acting as potato_owner, or --migrate-dsn): the blue/green rebuild needs
+    # it. They never migrate (build_app: run_migrations=False in a group).
+    owner = db.migrator
+    return settings.model_copy(update={
+        "dsn": db.dsn, "migrate_dsn": owner.dsn if owner is not None else None,
+        "migrate_role": owner.role if owner is not None else None,
+        "admin_token": SecretStr(token)}), db.embedded
+
+
 def _bind(server: grpc.aio.Server, host: str, port: int,
-          credentials: grpc.ServerCredentials | None = None) -> int:
+          credentials: grpc.ServerCredentials | None = None, *, check: bool = True) -> int:
     """server.add_insecure_port (add_secure_port with credentials: TLS), or 0 when the
     address cannot be bound. A plain socket
     tries first (as gRPC binds: SO_REUSEADDR, no SO_REUSEPORT), so a busy port is
-    refused without gRPC's own error log on stderr: `serve` prints one `error:` line."""
-    if port != 0:
+    refused without gRPC's own error log on stderr: `serve` prints one `error:` line.
+    check=False (a worker of a group): the supervisor checked the port and holds it."""
+    if port != 0 and check:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                        flags=socket.AI_PASSIVE)
@@ -358,8 +415,10 @@ def _providers(settings: Settings) -> Providers:
     set, bound now so a busy port fails before anything else starts."""
     endpoint = None
     if settings.metrics_port is not None:
-        endpoint = start_metrics_endpoint(settings.metrics_host or settings.host,
-                                          settings.metrics_port)
+        port = settings.metrics_port
+        if port and settings.worker_index:   # worker i of a group: port + i (0: a free one)
+            port += settings.worker_index
+        endpoint = start_metrics_endpoint(settings.metrics_host or settings.host, port)
     try:
         return build_providers(settings.otel_exporter, settings.otel_metric_interval,
                                metrics_endpoint=endpoint)
@@ -382,10 +441,7 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     `providers` to observe telemetry in memory (tests)."""
     clock = clock or SystemClock()
     if settings.admin_token is None and settings.dsn is not None and database is None:
-        raise StartupError(
-            "POTATO_ADMIN_TOKEN is not set: with --dsn (or POTATO_DSN) the AdminService token "
-            "must come from the environment; set POTATO_ADMIN_TOKEN to a random secret of 16+ "
-            "characters (e.g. `openssl rand -hex 32`) and give the same value to the CLI")
+        raise StartupError(NO_ADMIN_TOKEN)
     try:   # the TLS files are read and checked before anything starts
         tls = server_tls(settings)
     except TlsError as exc:
@@ -414,30 +470,35 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
                            if settings.otel_grpc_spans else None)
     asyncpg_spans = (AsyncpgSpans(providers.tracer_provider) if settings.otel_asyncpg_spans
                      else None)
-    # so_reuseport off: a second server on a busy port must fail, not split traffic.
+    # so_reuseport off: a second server on a busy port must fail, not split traffic. On
+    # in the workers of a group (`serve --workers N`): they share the port the supervisor
+    # checked and holds (cli/workers.py).
     # No `maximum_concurrent_rpcs`: gRPC's own limit counts health checks too (probes
     # were refused under load) and answered its excess calls slowly, a third of them
     # CANCELLED without trailers (scripts/bench_overload.py); the shedder above is the
     # limit, and health, reflection and RollbackFlag are never refused.
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+    group = settings.worker_index is not None
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if group else 0)],
                              interceptors=server_interceptors)
     # Bind before the database opens: a busy port fails before any cluster is created.
     port = _bind(server, settings.host, settings.port,
-                 tls.credentials() if tls is not None else None)
+                 tls.credentials() if tls is not None else None, check=not group)
     if port == 0:
         await server.stop(0)
         _close_metrics(providers)
         raise StartupError(f"could not bind {settings.host}:{settings.port} (the port is in "
                            f"use, or the host is not an address of this machine)")
     try:
-        db = database or await open_database(settings)
+        # A group's supervisor migrated once (prepare_group) before its workers started.
+        db = database or await open_database(settings, run_migrations=not group)
     except BaseException:
         await server.stop(0)
         _close_metrics(providers)
         raise
-    if database is None and db.embedded is None:
+    if database is None and db.embedded is None and not group:   # a group's supervisor did
         await _warn_if_ddl(db.pool)
-    telemetry = Telemetry(providers.tracer(), providers.meter())
+    telemetry = Telemetry(providers.tracer(), providers.meter(),
+                          tracing=providers.tracer_provider is not None)
     # Listeners of the run event stream are woken after this replica's writes commit,
     # never from inside the write transaction (storage/run_events_repo.EventNotifier).
     event_notifier = EventNotifier(db.pool)
@@ -488,8 +549,11 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     request_id_purge = RetentionPurge(
         "request-id-purge", "request ids", RequestIdsRepository(admin_pool).purge_batch,
         clock, settings.request_id_retention, REQUEST_ID_PURGE_INTERVAL)
+    # The blue/green rebuild runs DDL: on the owner (migrate) connection, never potato_app.
+    blue_green = BlueGreenService(db.migrator.connect if db.migrator else None, clock)
     add_service(server, AdminServicer(admin, settings.default_timeout, settings.max_timeout,
-                                      flags=flag_service, totals=reconciler),
+                                      flags=flag_service, totals=reconciler,
+                                      blue_green=blue_green),
                 admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"], interceptors)
     # The run event stream (service/run_events.py): replay on the serving pool, one
     # LISTEN connection of its own for live events; the retention on the admin pool.
@@ -527,12 +591,14 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
                                          for code in INVARIANT_QUERIES})
 
     # In every replica: one pass at a time runs (a lock), every replica reports the
-    # latest stored result (service/invariant_monitor.py), on the admin pool.
+    # latest stored result (service/invariant_monitor.py), on the admin pool. In a group
+    # only worker 0 runs passes; every worker reports, so health agrees across them.
     monitor = InvariantMonitor(
         InvariantChecksRepository(admin_pool), clock,
         interval=settings.invariant_check_interval,
         full_interval=settings.invariant_full_check_interval, report=report,
-        replica=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+        replica=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+        run_passes=settings.background_jobs)
 
     def serving(ok: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if ok
@@ -579,9 +645,10 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
         observe(pool, probe)
         observe_wait(pool, telemetry.observe_pool(name, pool))   # potato.db.pool.*
     probe.start()
-    totals_reconcile.start()
-    request_id_purge.start()
-    run_events_purge.start()
+    if settings.background_jobs:   # a lone server, or worker 0 of a group
+        totals_reconcile.start()
+        request_id_purge.start()
+        run_events_purge.start()
     shadow.start()
     return App(settings=settings, database=db, server=server, port=port, runs=runs,
                admin=admin, health=health_servicer, monitor=monitor, probe=probe,

@@ -50,6 +50,8 @@ ENV_VARS: dict[str, str] = {
     "POTATO_MAX_WATCHERS": "max_watchers",
     "POTATO_WATCHER_QUEUE_SIZE": "watcher_queue_size",
     "POTATO_RUN_EVENTS_RETENTION": "run_events_retention",
+    "POTATO_WORKERS": "workers",
+    "POTATO_EVENT_LOOP": "event_loop",
 }
 """Environment variable -> setting."""
 EMPTY_MEANS_OFF = frozenset({"POTATO_TOTALS_RECONCILE_AT"})
@@ -95,6 +97,9 @@ class Settings(BaseModel):
     """A span per SQL statement (opentelemetry-instrumentation-asyncpg): opt-in (tracing.py)."""
     log_format: Literal["auto", "json", "text"] = "auto"
     """Server logs: JSON lines, text, or auto (text on a terminal, JSON elsewhere; logs.py)."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The asyncio event loop every command runs on (event_loop.py): uvloop (libuv), or
+    the standard library's. uvloop is a dependency; `asyncio` is the fallback switch."""
     shadow_workers: int = Field(default=4, ge=1, le=64)
     """Concurrent online shadow comparisons (each may hold one connection of its own pool)."""
     shadow_queue_size: int = Field(default=1000, ge=1)
@@ -134,11 +139,39 @@ class Settings(BaseModel):
     run_events_retention: float = Field(default=2_592_000.0, gt=0)
     """Seconds run_events are kept (30 days); older ones are purged, and a cursor older
     than what is kept gets FAILED_PRECONDITION (CURSOR_EXPIRED)."""
+    workers: int = Field(default=1, ge=1, le=1024)
+    """Server processes of `serve` (`auto`: one per core this process may run on). 1: one
+    process, no supervisor; N > 1: a supervisor and N workers sharing the port
+    (SO_REUSEPORT, cli/workers.py)."""
+    worker_index: int | None = Field(default=None, ge=0)
+    """Set by the supervisor only: this process is worker i of a `serve --workers N` group.
+    It binds with SO_REUSEPORT, does not migrate (the supervisor did), and runs the
+    background jobs only when it is worker 0 (`background_jobs`). None: a lone server."""
+
+    migrate_role: str | None = None
+    """Set by the supervisor only: the role a connection to `migrate_dsn` acts as (SET
+    ROLE), so a group's workers reach the owner role the way a lone server on the
+    embedded cluster does (its superuser acting as potato_owner; the blue/green rebuild).
+    None: the migrate DSN's own role."""
 
     @field_validator("totals_reconcile_at", mode="before")
     @classmethod
     def _daily_time(cls, value: Any) -> Any:
         return parse_daily_time(value) if isinstance(value, str) else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        """`auto` -> the cores this process may run on (its CPU affinity)."""
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return len(os.sched_getaffinity(0))
+        return value
+
+    @property
+    def background_jobs(self) -> bool:
+        """Whether this process runs the periodic jobs (invariant passes, totals
+        reconciliation, retention purges): a lone server, or worker 0 of a group."""
+        return self.worker_index in (None, 0)
 
     @field_validator("admin_token")
     @classmethod
@@ -169,6 +202,16 @@ class Settings(BaseModel):
             problems = "; ".join(
                 f"{_name(err['loc'])}: {err['msg']}" for err in exc.errors())
             raise ValueError(problems) from None
+
+
+def event_loop_from_env(env: Mapping[str, str] | None = None) -> str:
+    """POTATO_EVENT_LOOP alone (uvloop|asyncio), for the loop that must exist before the
+    rest of the settings are read; a bad value is the same ValueError as from_env's."""
+    env = os.environ if env is None else env
+    value = (env.get("POTATO_EVENT_LOOP") or "uvloop").strip().lower()
+    if value not in ("uvloop", "asyncio"):
+        raise ValueError("event_loop (POTATO_EVENT_LOOP): must be uvloop or asyncio")
+    return value
 
 
 def parse_daily_time(value: str) -> dt.time | None:

@@ -5,7 +5,8 @@ when stderr is not a terminal (a container, systemd, a log shipper), text when i
 A JSON line carries `time` (RFC 3339, UTC, milliseconds), `level`, `logger`, `message`,
 and, when a span is current (an RPC traced with `POTATO_OTEL_GRPC_SPANS`, or our write
 span), `trace_id` and `span_id` in the W3C hex form a trace backend searches by
-(32 and 16 hex digits); an exception adds `exception` (the traceback, as text). Extra
+(32 and 16 hex digits); an exception adds `exception` (the traceback, as text). In a
+worker of `serve --workers N` every line carries its index, `worker`. Extra
 fields passed with `extra={...}` are kept when JSON can hold them.
 
 The CLI's one-line `error: ...` messages are not logs: they stay plain on stderr.
@@ -59,10 +60,28 @@ def resolve(fmt: LogFormat, stream: Any = None) -> Literal["json", "text"]:
     return "text" if isatty is not None and isatty() else "json"
 
 
-def configure(level: str, fmt: LogFormat = "auto") -> None:
+class _Worker(logging.Filter):
+    """Gives every record the `worker` field: the index of this process in a
+    `serve --workers N` group."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.index
+        return True
+
+
+def configure(level: str, fmt: LogFormat = "auto", *, worker: int | None = None) -> None:
     """The root logger's one handler (stderr) with the chosen format; replaces any
-    handler a previous configure() or basicConfig() installed."""
+    handler a previous configure() or basicConfig() installed. `worker`: every line
+    carries it (JSON field `worker`; `[worker N]` in text)."""
     handler = logging.StreamHandler()
+    text = TEXT_FORMAT if worker is None else TEXT_FORMAT.replace(
+        " %(name)s", " [worker %(worker)s] %(name)s")
     handler.setFormatter(JsonFormatter() if resolve(fmt, handler.stream) == "json"
-                         else logging.Formatter(TEXT_FORMAT))
+                         else logging.Formatter(text))
+    if worker is not None:
+        handler.addFilter(_Worker(worker))
     logging.basicConfig(level=level, handlers=[handler], force=True)

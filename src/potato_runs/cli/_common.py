@@ -4,7 +4,6 @@ one-line errors."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import contextvars
 import functools
@@ -176,7 +175,16 @@ def _settings(**overrides: Any) -> Settings:
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
+    """Runs a command's coroutine on the configured event loop (POTATO_EVENT_LOOP)."""
+    from potato_runs.config import event_loop_from_env
+    from potato_runs.event_loop import run
+
+    try:
+        loop = event_loop_from_env()
+    except ValueError as exc:
+        coro.close()
+        raise CliError(f"invalid POTATO_* environment setting: {exc}") from exc
+    return run(coro, loop)
 
 
 def _reason(exc: BaseException) -> str:

@@ -183,6 +183,11 @@ def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user (UUI
             force: bool = typer.Option(False, "--force",
                                        help="With --all: replay every user, not only drifted ones"),
             dry_run: bool = typer.Option(False, "--dry-run", help="Report the diff, write nothing"),
+            blue_green: bool = typer.Option(
+                False, "--blue-green",
+                help="With --all: build a new runs table from the facts and swap it in "
+                     "(needs the owner role: the server's --migrate-dsn or embedded cluster, "
+                     "or --dsn of the owner offline); with --dry-run, only check that it can"),
             as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout"),
             target: str = TargetOpt, data_dir: Path = AdminDataDirOpt,
             dsn: str = OfflineDsnOpt, offline: bool = OfflineOpt) -> None:
@@ -190,6 +195,12 @@ def rebuild(user: str = typer.Option(None, "--user", help="Rebuild one user (UUI
     --all exits 2 when some users could not be rebuilt (they are listed)."""
     if bool(user) == all_users:
         raise typer.BadParameter("give exactly one of --user ID or --all")
+    if blue_green:
+        if user or force:
+            raise typer.BadParameter("--blue-green goes with --all (and not --force: it "
+                                     "rebuilds every user)")
+        _rebuild_blue_green(dry_run, as_json, target, data_dir, dsn, offline)
+        return
     if user:
         _rebuild_user(user, from_date, to_date, dry_run, as_json, target, data_dir, dsn, offline)
         return
@@ -314,6 +325,103 @@ def _rebuild_all_remote(batch: int, dry_run: bool, force: bool, target: str | No
     _remote(target, data_dir, loop)
     s["users_failed"] = len(failed)
     return s, failed
+
+
+# --------------------------------------------------------------------------- blue/green
+BLUE_GREEN_PHASES = ("build", "index", "catchup", "swap", "drop")
+
+
+@contextlib.contextmanager
+def _phases() -> Iterator[Callable[[str, int], None]]:
+    """The blue/green progress on stderr: one step per phase, the phase and its rows."""
+    with Progress(TextColumn("[bold]rebuild --blue-green"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("phase: {task.fields[phase]}"), TextColumn("{task.fields[rows]}"),
+                  TimeElapsedColumn(), console=err_console) as progress:
+        task = progress.add_task("blue-green", total=len(BLUE_GREEN_PHASES), phase="start",
+                                 rows="")
+        passes: list[int] = []
+
+        def update(phase: str, rows: int) -> None:
+            if phase == "pass":   # one catch-up pass: users recomputed
+                passes.append(rows)
+                progress.update(task, rows=f"catch-up users: {passes}")
+            elif rows < 0:
+                progress.update(task, phase=phase)
+            else:
+                label = {"build": "runs", "index": "constraints+indexes",
+                         "swap": "users changed"}.get(phase)
+                progress.update(task, advance=1 if phase in BLUE_GREEN_PHASES else 0,
+                                rows=f"{label}: {rows:,}" if label else "")
+
+        yield update
+
+
+async def _with_owner(dsn: str | None, data_dir: Path | None,
+                      fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Offline: the blue/green use case on the owner connection of --dsn (or of the
+    embedded cluster: its superuser as potato_owner), like `migrate` connects."""
+    from potato_runs.app import open_database
+    from potato_runs.clock import SystemClock
+    from potato_runs.service.blue_green import BlueGreenService
+
+    settings = _settings(dsn=dsn, data_dir=data_dir)
+    db = await open_database(settings, run_migrations=False, create_cluster=False)
+    try:
+        await _require_schema(db.pool)
+        assert db.migrator is not None
+        return await fn(BlueGreenService(db.migrator.connect, SystemClock()))
+    finally:
+        await db.close()
+
+
+def _rebuild_blue_green(dry_run: bool, as_json: bool, target: str | None,
+                        data_dir: Path | None, dsn: str | None, offline: bool) -> None:
+    from potato_runs.storage.blue_green import CONFIRM
+
+    if _offline(dsn, offline):
+        async def run(service: Any) -> Any:
+            if dry_run:
+                return await service.rebuild_all(validate_only=True)
+            with _phases() as update:
+                return await service.rebuild_all(progress=update)
+
+        with _plain_errors():
+            r = _run(_with_owner(dsn, data_dir, run))
+        report = r.as_dict()
+    else:
+        req = apb.RebuildAllRunsRequest(blue_green=True, validate_only=dry_run,
+                                        confirm="" if dry_run else CONFIRM)
+
+        def go(stub: admin_service_pb2_grpc.AdminServiceStub) -> apb.RebuildAllRunsResponse:
+            with err_console.status("rebuild --blue-green: running on the server (build, "
+                                    "index, catch-up, swap, drop)..."):
+                res: apb.RebuildAllRunsResponse = stub.RebuildAllRuns(
+                    req, timeout=RPC_BATCH_TIMEOUT)
+                return res
+
+        res = _remote(target, data_dir, go)
+        report = {"rebuild_id": res.rebuild_id, "validate_only": res.validate_only,
+                  "facts": res.facts, "users": res.users, "runs": res.runs,
+                  "runs_kept": res.runs_kept, "users_changed": res.users_changed,
+                  "catchup_users": list(res.catchup_users), "swap_attempts": res.swap_attempts,
+                  "max_write_block_seconds": round(res.max_write_block_seconds, 4),
+                  "phase_seconds": {p.name: round(p.seconds, 3) for p in res.phases},
+                  "old_table_dropped": res.old_table_dropped, "seconds": res.seconds}
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    t = table("rebuild --all --blue-green" + (" (validate only)" if dry_run else ""),
+              "metric", "value", right=("value",))
+    for k, v in report.items():
+        if k != "phase_seconds":
+            t.add_row(k, str(v))
+    show(t)
+    phases = report.get("phase_seconds") or {}
+    if isinstance(phases, dict) and phases:
+        p = table("phases", "phase", "seconds", right=("seconds",))
+        for name, secs in phases.items():
+            p.add_row(str(name), f"{secs:.3f}")
+        show(p)
 
 
 # --------------------------------------------------------------------------- check

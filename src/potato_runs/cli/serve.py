@@ -57,10 +57,16 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
               "$POTATO_METRICS_HOST, else the serve host)"),
           log_format: str = typer.Option(
               None, "--log-format", help="json, text or auto: text on a terminal, JSON lines "
-              "elsewhere (default: $POTATO_LOG_FORMAT, else auto)")) -> None:
+              "elsewhere (default: $POTATO_LOG_FORMAT, else auto)"),
+          workers: str = typer.Option(
+              None, "--workers", help="Server processes: N, or auto (one per core); N > 1 "
+              "runs a supervisor and N workers sharing the port (SO_REUSEPORT); worker i "
+              "serves /metrics on --metrics-port + i (default: $POTATO_WORKERS, else 1)")
+          ) -> None:
     """Run the gRPC server (embedded PostgreSQL when no DSN is given).
     Exits 2 with `error: ...` when it cannot start. SIGHUP reloads the TLS files and the
-    access policy."""
+    access policy. With --workers N > 1, a supervisor restarts a worker that dies and
+    forwards SIGTERM, SIGINT and SIGHUP to them (docs/architecture.md)."""
     from potato_runs.app import App, build_app
     from potato_runs.transport.tls import exposure_warnings
 
@@ -71,10 +77,17 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
                              auth_policy=auth_policy, otel_grpc_spans=otel_grpc_spans,
                              otel_asyncpg_spans=otel_asyncpg_spans,
                              log_format=log_format.lower() if log_format else None,
-                             metrics_port=metrics_port, metrics_host=metrics_host)
+                             metrics_port=metrics_port, metrics_host=metrics_host,
+                             workers=workers)
     logs.configure(settings.log_level, settings.log_format)   # JSON lines unless a terminal
     for warning in exposure_warnings(settings):
         logging.getLogger("potato_runs.serve").warning("%s", warning)
+    if settings.workers > 1:
+        from potato_runs.cli.workers import serve_group
+
+        with _plain_errors():
+            code = _run(serve_group(settings))
+        raise typer.Exit(code)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -48,7 +48,7 @@ METHOD_ROLES: Mapping[str, Role] = {
         name: Role.ADMIN for name in (
             "RebuildUserRuns", "CheckInvariants", "RebuildRunsBatch", "DiffPopulation",
             "GetShadowStats", "GetFlag", "ListFlags", "UpdateFlag", "RollbackFlag",
-            "ReconcileTotals")}),
+            "ReconcileTotals", "RebuildAllRuns")}),
     # The run event stream (service/run_events.py): without a policy, the admin token.
     **_table("potato.runs.v2.RunEventsService", {"WatchRunEvents": Role.EVENTS_WATCH}),
 }

@@ -98,7 +98,8 @@ class InvariantMonitor(Periodic):
                  full_interval: float, report: Callable[[InvariantStatus], None],
                  replica: str, grace: dt.timedelta = WRITE_GRACE,
                  stale_after: float | None = None, poll: float = READ_POLL,
-                 max_incremental_users: int = MAX_INCREMENTAL_USERS) -> None:
+                 max_incremental_users: int = MAX_INCREMENTAL_USERS,
+                 run_passes: bool = True) -> None:
         super().__init__(min(interval, poll) if interval > 0 else 0)   # 0: disabled
         self._repo = repo
         self._clock = clock
@@ -110,6 +111,7 @@ class InvariantMonitor(Periodic):
         self._stale_after = dt.timedelta(seconds=stale_after if stale_after is not None
                                          else 3 * interval)
         self._max_incremental = max_incremental_users
+        self._run_passes = run_passes   # False: only report what another process stored
         self.last_status: InvariantStatus | None = None
 
     # ------------------------------------------------------------------ scheduling
@@ -117,9 +119,10 @@ class InvariantMonitor(Periodic):
         return latest is None or latest.started_at <= now - self._pass_interval
 
     async def tick(self) -> InvariantStatus:
-        """One round: a pass when one is due (and the lock is free), then the report."""
+        """One round: a pass when one is due (and the lock is free; never with
+        run_passes=False, e.g. workers 1.. of a `serve --workers N` group), then the report."""
         latest = await self._repo.latest()
-        if self._due(latest, self._clock.now()):
+        if self._run_passes and self._due(latest, self._clock.now()):
             try:
                 await self.run_pass(Scope.AUTO, only_if_due=True)
             except DomainError:

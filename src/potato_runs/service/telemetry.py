@@ -68,8 +68,11 @@ def _run_attributes(prefix: str, runs: tuple[Run, ...]) -> dict[str, Any]:
 
 class Telemetry:
     def __init__(self, tracer: trace.Tracer | None = None,
-                 meter: metrics.Meter | None = None) -> None:
+                 meter: metrics.Meter | None = None, *, tracing: bool = True) -> None:
+        """`tracing=False` (no tracer provider configured: app.py) skips the write spans'
+        context work, a few µs of each write that a no-op tracer would still cost."""
         self._tracer = tracer or trace.get_tracer("potato_runs")
+        self._tracing = tracing
         meter = meter or metrics.get_meter("potato_runs")
         self._events = meter.create_counter(
             "potato.runs.events", unit="{event}",
@@ -152,6 +155,10 @@ class Telemetry:
         """The span of a write use case (`potato.runs.<operation>`), and its duration in
         potato.runs.operation.duration (kind=write). Yields the span: the run events go
         on it (`add_run_events`)."""
+        if not self._tracing:
+            with self.timed(operation, WRITE):
+                yield trace.INVALID_SPAN
+            return
         with self._tracer.start_as_current_span(
             f"potato.runs.{operation}",
             attributes={"potato.operation": operation, "enduser.id": str(user_id)},

@@ -20,7 +20,7 @@ from potato_runs.storage.errors import (
     map_db_error,
     with_write_outcome,
 )
-from potato_runs.storage.pool import acquire
+from potato_runs.storage.pool import give_back, take
 
 T = TypeVar("T")
 
@@ -64,16 +64,21 @@ async def call(pool: asyncpg.Pool, retry: RetryPolicy, deadline: Deadline, date_
                op: Op[T], zone_given: bool = False, write: bool = False) -> T:
     """Runs `op` on a pooled connection within the deadline; see the module docstring.
 
-    A connection that fails under `op` is not reused (`pool.acquire`).
+    A connection that fails under `op` is not reused (`pool.give_back`).
     For a `write`, the error says whether it may have been applied (`write_outcome`)."""
     attempt = 0
     while True:
         attempt += 1
         sent = False
         try:
-            async with acquire(pool, timeout=deadline.timeout()) as conn:
-                sent = True
+            conn = await take(pool, deadline.timeout())
+            sent = True
+            try:
                 result = await op(conn, deadline.timeout())
+            except BaseException as exc:
+                await give_back(pool, conn, exc)
+                raise
+            await give_back(pool, conn)
             if (seen := _observers.get(id(pool))) is not None:
                 seen[1].succeeded()
             return result

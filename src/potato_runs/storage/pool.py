@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -62,22 +63,45 @@ def unobserve_wait(pool: Any) -> None:
     _wait_observers.pop(id(pool), None)
 
 
-@contextlib.asynccontextmanager
-async def acquire(pool: Any, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
-    """`pool.acquire(timeout=...)`, except that a connection which fails under the caller
-    (killed backend, broken protocol state: `errors.CONNECTION_FAILURES`) is terminated
-    before it goes back, so the pool opens a fresh one instead of handing it out again.
-    A timeout is not a broken connection (asyncpg cancelled the statement): kept.
-    The wait for a connection is reported to the pool's wait observer, if any (an
-    acquisition that times out is not: it shows as DEADLINE_EXCEEDED)."""
+async def take(pool: Any, timeout: float | None = None) -> asyncpg.Connection:
+    """A connection from `pool` within `timeout` seconds (TimeoutError past it).
+
+    asyncpg's own `acquire(timeout=...)` runs the wait in `wait_for`, a task of its own
+    per call even when a connection is idle; here the wait is bounded by
+    `asyncio.timeout` around the plain acquire, which asyncpg makes cancellation-safe
+    (a cancelled wait puts its slot back). The wait is reported to the pool's wait
+    observer, if any (an acquisition that times out is not: it shows as
+    DEADLINE_EXCEEDED). Hand it back with `give_back`."""
     seen = _wait_observers.get(id(pool))
     started = time.perf_counter()
-    async with pool.acquire(timeout=timeout) as conn:
-        if seen is not None:
-            seen[1](time.perf_counter() - started)
-        try:
-            yield conn
-        except CONNECTION_FAILURES as exc:
-            if not isinstance(exc, TimeoutError):
-                conn.terminate()
-            raise
+    if timeout is None:
+        conn = await pool.acquire()
+    else:
+        async with asyncio.timeout(timeout):
+            conn = await pool.acquire()
+    if seen is not None:
+        seen[1](time.perf_counter() - started)
+    return conn
+
+
+async def give_back(pool: Any, conn: asyncpg.Connection,
+                    failure: BaseException | None = None) -> None:
+    """Returns `conn` to `pool`. A connection that failed under its user (killed
+    backend, broken protocol state: `errors.CONNECTION_FAILURES`) is terminated first,
+    so the pool opens a fresh one instead of handing it out again. A timeout is not a
+    broken connection (asyncpg cancelled the statement): kept."""
+    if isinstance(failure, CONNECTION_FAILURES) and not isinstance(failure, TimeoutError):
+        conn.terminate()
+    await pool.release(conn)
+
+
+@contextlib.asynccontextmanager
+async def acquire(pool: Any, timeout: float | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """`take` and `give_back` as a context manager."""
+    conn = await take(pool, timeout)
+    try:
+        yield conn
+    except BaseException as exc:
+        await give_back(pool, conn, exc)
+        raise
+    await give_back(pool, conn)

@@ -22,6 +22,7 @@ from potato_runs.deadline import Deadline
 from potato_runs.domain.model import Run
 from potato_runs.domain.reads import CurrentRead, ReadSource, StatsRead
 from potato_runs.storage import db_call
+from potato_runs.storage.active_run import active_run_lateral
 from potato_runs.storage.db_call import RetryPolicy
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ QUERIES: dict[tuple[ReadSource, str], str] = {
     (ReadSource.PROJECTION, "current"): f"""
         SELECT u.time_zone, r.start_date, r.end_date, r.active
           FROM {_USER}
-          LEFT JOIN runs r ON r.user_id = q.user_id AND r.active""",
+          {active_run_lateral("q.user_id")}""",
     (ReadSource.PROJECTION, "runs"): """
         SELECT start_date, end_date, active FROM runs
          WHERE user_id = $1 ORDER BY end_date DESC LIMIT $2""",
@@ -70,7 +71,7 @@ QUERIES: dict[tuple[ReadSource, str], str] = {
                                     coalesce(max(day_count), 0)::int AS longest_run_days,
                                     count(*)::int AS run_count
                                FROM runs WHERE user_id = q.user_id) s
-          LEFT JOIN runs r ON r.user_id = q.user_id AND r.active""",
+          {active_run_lateral("q.user_id")}""",
 }
 """(source, read) -> SQL. Legacy's never name `runs`; the projection's never name
 `daily_checkins` (tests/integration/test_v1.py proves both with privileges)."""

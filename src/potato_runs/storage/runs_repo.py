@@ -24,6 +24,7 @@ from potato_runs.domain.model import (
 )
 from potato_runs.domain.request_ids import RequestKey
 from potato_runs.storage import db_call
+from potato_runs.storage.active_run import active_run_lateral
 from potato_runs.storage.db_call import RetryPolicy
 from potato_runs.storage.errors import map_db_error
 
@@ -170,6 +171,15 @@ def backfill_result(user_id: uuid.UUID, res: Mapping[str, Any]) -> BackfillResul
 RUN_COLUMNS = ("run_id, user_id, start_date, end_date, day_count, active, created_at, updated_at, "
                 "last_extended_at")
 
+ACTIVE_SQL = f"""SELECT u.time_zone, r.start_date IS NOT NULL AS has_run,
+                       {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
+                  FROM (SELECT $1::uuid AS user_id) q
+                  LEFT JOIN users u ON u.user_id = q.user_id
+                  {active_run_lateral("q.user_id")}"""
+"""The stored zone and active run of one user (GetActiveRun)."""
+
+Active = tuple[str | None, Run | None]
+
 
 class RunsRepository:
     def __init__(self, pool: asyncpg.Pool, retry: RetryPolicy | None = None,
@@ -192,11 +202,14 @@ class RunsRepository:
         lock = self._user_locks.get(user_id)
         if lock is None:
             lock = self._user_locks[user_id] = asyncio.Lock()
-        try:
-            async with asyncio.timeout(deadline.timeout()):
-                await lock.acquire()
-        except TimeoutError as exc:
-            raise map_db_error(exc) from exc
+        if lock.locked():   # else acquire() returns at once: no timer needed
+            try:
+                async with asyncio.timeout(deadline.timeout()):
+                    await lock.acquire()
+            except TimeoutError as exc:
+                raise map_db_error(exc) from exc
+        else:
+            await lock.acquire()
         try:
             yield
         finally:
@@ -292,21 +305,12 @@ class RunsRepository:
         zone = await self._run(deadline, "user_id", op)
         return str(zone) if zone is not None else None
 
-    async def get_active(self, user_id: uuid.UUID,
-                         deadline: Deadline) -> tuple[str | None, Run | None]:
+    async def get_active(self, user_id: uuid.UUID, deadline: Deadline) -> Active:
         async def op(conn: asyncpg.Connection, timeout: float) -> Any:
-            return await conn.fetchrow(
-                f"""SELECT u.time_zone, r.start_date IS NOT NULL AS has_run,
-                           {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
-                      FROM (SELECT $1::uuid AS user_id) q
-                      LEFT JOIN users u ON u.user_id = q.user_id
-                      LEFT JOIN runs r ON r.user_id = q.user_id AND r.active""",
-                user_id, timeout=timeout)
+            return await conn.fetchrow(ACTIVE_SQL, user_id, timeout=timeout)
 
         rec = await self._run(deadline, "user_id", op)
-        zone = rec["time_zone"]
-        run = run_from_record(rec) if rec["has_run"] else None
-        return zone, run
+        return rec["time_zone"], run_from_record(rec) if rec["has_run"] else None
 
     async def list_runs(self, user_id: uuid.UUID, before_end: dt.date | None, limit: int,
                         deadline: Deadline) -> list[Run]:

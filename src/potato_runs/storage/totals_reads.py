@@ -26,6 +26,7 @@ from potato_runs.deadline import Deadline
 from potato_runs.domain.model import Run
 from potato_runs.domain.totals_answers import LifetimeRead, MonthRange, MonthRow, TotalsSource
 from potato_runs.storage import db_call
+from potato_runs.storage.active_run import active_run_lateral
 from potato_runs.storage.db_call import RetryPolicy
 
 T = TypeVar("T")
@@ -58,7 +59,7 @@ _STORED_LIFETIME = f"""
            r.start_date, r.end_date, r.active
       FROM {_USER}
       LEFT JOIN user_totals t ON t.user_id = q.user_id
-      LEFT JOIN runs r ON r.user_id = q.user_id AND r.active"""
+      {active_run_lateral("q.user_id")}"""
 
 # Months, computed. $2/$3: the first and last day of the range (inclusive); $4: how many
 # months (page_size + 1). A skip scan first finds the $4 newest months with check-ins in

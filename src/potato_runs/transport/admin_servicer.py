@@ -14,8 +14,10 @@ from potato_runs.domain.errors import Reason, ValidationCollector
 from potato_runs.domain.rollout import SHADOW_WINDOW_HOURS
 from potato_runs.service import commands
 from potato_runs.service.admin_service import AdminService
+from potato_runs.service.blue_green import BlueGreenService, no_owner_connection
 from potato_runs.service.flags import FlagService
 from potato_runs.service.totals_reconcile import TotalsReconciler
+from potato_runs.storage.blue_green import CONFIRM, BlueGreenReport
 from potato_runs.transport import convert, flags_convert
 from potato_runs.transport.status import maps_errors
 
@@ -48,8 +50,10 @@ def _next_token(last_user: uuid.UUID | None, scanned: int, size: int) -> str:
 
 class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignore[misc]
     def __init__(self, service: AdminService, default_timeout: float, max_timeout: float,
-                 *, flags: FlagService, totals: TotalsReconciler) -> None:
+                 *, flags: FlagService, totals: TotalsReconciler,
+                 blue_green: BlueGreenService | None = None) -> None:
         self._service = service
+        self._blue_green = blue_green
         self._flags = flags
         self._totals = totals
         self._default_timeout = default_timeout
@@ -215,3 +219,34 @@ class AdminServicer(admin_service_pb2_grpc.AdminServiceServicer):  # type: ignor
             request.name, actor=flags_convert.actor(context), reason=request.reason,
             timeout=ctx.deadline.timeout())
         return admin_service_pb2.RollbackFlagResponse(flag=flags_convert.flag_to_proto(flag))
+
+    # -- the blue/green full rebuild ------------------------------------------------
+    @maps_errors
+    async def RebuildAllRuns(self, request: admin_service_pb2.RebuildAllRunsRequest,
+                             context: Ctx) -> admin_service_pb2.RebuildAllRunsResponse:
+        errors = ValidationCollector()
+        if not request.blue_green:
+            errors.add("blue_green", Reason.INVALID_VALUE,
+                       "blue_green must be true (RebuildRunsBatch replays users one by one)")
+        if not request.validate_only and request.confirm != CONFIRM:
+            errors.add("confirm", Reason.MISSING_FIELD if not request.confirm
+                       else Reason.INVALID_VALUE,
+                       f'confirm must be "{CONFIRM}" for a rebuild (or set validate_only)')
+        errors.raise_if_any()
+        ctx = convert.call_context(context, BATCH_DEFAULT_TIMEOUT, BATCH_MAX_TIMEOUT)
+        if self._blue_green is None:
+            raise no_owner_connection()
+        report = await self._blue_green.rebuild_all(validate_only=request.validate_only,
+                                           request_id=ctx.request_id)
+        return report_to_proto(report)
+
+
+def report_to_proto(r: BlueGreenReport) -> admin_service_pb2.RebuildAllRunsResponse:
+    return admin_service_pb2.RebuildAllRunsResponse(
+        rebuild_id=r.rebuild_id, validate_only=r.validate_only, facts=r.facts, users=r.users,
+        runs=r.runs, runs_kept=r.runs_kept, users_changed=r.users_changed,
+        catchup_users=r.catchup_users, swap_attempts=r.swap_attempts,
+        max_write_block_seconds=r.max_write_block_seconds,
+        phases=[admin_service_pb2.RebuildPhase(name=k, seconds=v)
+                for k, v in r.phase_seconds.items()],
+        old_table_dropped=r.old_table_dropped, seconds=r.seconds)

@@ -27,9 +27,11 @@ class RunsServicer(runs_service_pb2_grpc.RunsServiceServicer):  # type: ignore[m
     async def MarkDay(self, request: runs_service_pb2.MarkDayRequest,
                       context: Ctx) -> runs_service_pb2.MarkDayResponse:
         result = await self._service.mark_day(convert.mark_day(request), self._ctx(context))
-        return runs_service_pb2.MarkDayResponse(
-            run=convert.run_to_proto(result.run), local_date=result.local_date.isoformat(),
+        response = runs_service_pb2.MarkDayResponse(
+            local_date=result.local_date.isoformat(),
             change=convert.change_to_proto(result.change), time_zone=result.time_zone)
+        convert.fill_run(response.run, result.run)
+        return response
 
     @maps_errors
     async def UnmarkDay(self, request: runs_service_pb2.UnmarkDayRequest,
@@ -52,15 +54,18 @@ class RunsServicer(runs_service_pb2_grpc.RunsServiceServicer):  # type: ignore[m
                            context: Ctx) -> runs_service_pb2.GetActiveRunResponse:
         result = await self._service.get_active_run(convert.user_id_only(request.user_id),
                                                     self._ctx(context))
-        return runs_service_pb2.GetActiveRunResponse(
-            run=convert.run_to_proto(result.run) if result.run else None,
+        response = runs_service_pb2.GetActiveRunResponse(
             current=result.current, current_streak_days=result.current_streak_days,
             time_zone=result.time_zone)
+        if result.run:
+            convert.fill_run(response.run, result.run)
+        return response
 
     @maps_errors
     async def ListRuns(self, request: runs_service_pb2.ListRunsRequest,
                        context: Ctx) -> runs_service_pb2.ListRunsResponse:
         page = await self._service.list_runs(convert.list_runs(request), self._ctx(context))
-        return runs_service_pb2.ListRunsResponse(
-            runs=[convert.run_to_proto(r) for r in page.runs],
-            next_page_token=page.next_page_token)
+        response = runs_service_pb2.ListRunsResponse(next_page_token=page.next_page_token)
+        for r in page.runs:
+            convert.fill_run(response.runs.add(), r)
+        return response

@@ -286,3 +286,51 @@ class ReconcileTotalsResponse(_message.Message):
     total_users: int
     failed_users: _containers.RepeatedCompositeFieldContainer[FailedUser]
     def __init__(self, users_checked: _Optional[int] = ..., rows_drifted: _Optional[int] = ..., rows_repaired: _Optional[int] = ..., drifted_users: _Optional[_Iterable[_Union[DriftedTotals, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total_users: _Optional[int] = ..., failed_users: _Optional[_Iterable[_Union[FailedUser, _Mapping]]] = ...) -> None: ...
+
+class RebuildAllRunsRequest(_message.Message):
+    __slots__ = ("blue_green", "validate_only", "confirm")
+    BLUE_GREEN_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    blue_green: bool
+    validate_only: bool
+    confirm: str
+    def __init__(self, blue_green: _Optional[bool] = ..., validate_only: _Optional[bool] = ..., confirm: _Optional[str] = ...) -> None: ...
+
+class RebuildPhase(_message.Message):
+    __slots__ = ("name", "seconds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    seconds: float
+    def __init__(self, name: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class RebuildAllRunsResponse(_message.Message):
+    __slots__ = ("rebuild_id", "validate_only", "facts", "users", "runs", "runs_kept", "users_changed", "catchup_users", "swap_attempts", "max_write_block_seconds", "phases", "old_table_dropped", "seconds")
+    REBUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_KEPT_FIELD_NUMBER: _ClassVar[int]
+    USERS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_USERS_FIELD_NUMBER: _ClassVar[int]
+    SWAP_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WRITE_BLOCK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    OLD_TABLE_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    rebuild_id: int
+    validate_only: bool
+    facts: int
+    users: int
+    runs: int
+    runs_kept: int
+    users_changed: int
+    catchup_users: _containers.RepeatedScalarFieldContainer[int]
+    swap_attempts: int
+    max_write_block_seconds: float
+    phases: _containers.RepeatedCompositeFieldContainer[RebuildPhase]
+    old_table_dropped: bool
+    seconds: float
+    def __init__(self, rebuild_id: _Optional[int] = ..., validate_only: _Optional[bool] = ..., facts: _Optional[int] = ..., users: _Optional[int] = ..., runs: _Optional[int] = ..., runs_kept: _Optional[int] = ..., users_changed: _Optional[int] = ..., catchup_users: _Optional[_Iterable[int]] = ..., swap_attempts: _Optional[int] = ..., max_write_block_seconds: _Optional[float] = ..., phases: _Optional[_Iterable[_Union[RebuildPhase, _Mapping]]] = ..., old_table_dropped: _Optional[bool] = ..., seconds: _Optional[float] = ...) -> None: ...

@@ -87,6 +87,11 @@ class AdminServiceStub:
                 request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsRequest.SerializeToString,
                 response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsResponse.FromString,
                 _registered_method=True)
+        self.RebuildAllRuns = channel.unary_unary(
+                '/potato.runs.v2.AdminService/RebuildAllRuns',
+                request_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildAllRunsRequest.SerializeToString,
+                response_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildAllRunsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -175,6 +180,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RebuildAllRuns(self, request, context):
+        """Rebuilds every user's runs from the check-in facts as a blue/green swap: a
+        new runs table built set-based, caught up on the writes made meanwhile,
+        then swapped in one short transaction (writes wait about a second at
+        most; none is lost). Runs the facts still give keep their run_id; one
+        run_rebuilt event per user whose runs changed. The DDL needs the owner
+        role: FAILED_PRECONDITION (OWNER_CONNECTION_REQUIRED) on a server without
+        an owner connection (neither the embedded cluster nor --migrate-dsn);
+        ABORTED (REBUILD_IN_PROGRESS) while another one runs. The call returns
+        when the rebuild is over.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +247,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReconcileTotals,
                     request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsRequest.FromString,
                     response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsResponse.SerializeToString,
+            ),
+            'RebuildAllRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.RebuildAllRuns,
+                    request_deserializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildAllRunsRequest.FromString,
+                    response_serializer=potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildAllRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -502,6 +527,33 @@ class AdminService:
             '/potato.runs.v2.AdminService/ReconcileTotals',
             potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsRequest.SerializeToString,
             potato_dot_runs_dot_v2_dot_admin__service__pb2.ReconcileTotalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RebuildAllRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/potato.runs.v2.AdminService/RebuildAllRuns',
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildAllRunsRequest.SerializeToString,
+            potato_dot_runs_dot_v2_dot_admin__service__pb2.RebuildAllRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
