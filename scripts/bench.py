@@ -29,7 +29,7 @@ server's resident memory (peak and now).
 GetTotals reads the stored totals (ff.potato.totals_v2 at 100 %, set through the CLI):
 the end state of the cutover; `--totals computed` keeps the flag off.
 
-  .venv/bin/python scripts/bench.py                 # defaults: about two minutes on 2 cores
+  .venv/bin/python scripts/bench.py                 # defaults: about two and a half minutes on 2 cores
   .venv/bin/python scripts/bench.py --calls 10000 --rounds 5
   .venv/bin/python scripts/bench.py --project-args "--workers 2"
 """
@@ -168,10 +168,12 @@ def _children(parent: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int, children: bool = True) -> float:
-    """utime+stime of `pid` and, with `children`, of its live child processes (the
-    workers of a `serve --workers N` group; a lone server has none)."""
-    pids = [pid, *(_children(pid) if children else ())]
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of `pid` and of its live child processes: the workers of a `serve
+    --workers N` group (a lone server has none), the backends and helpers of a
+    PostgreSQL postmaster (those that ended during a round are not counted; the pools
+    keep theirs)."""
+    pids = [pid, *_children(pid)]
     total = 0
     for p in pids:
         try:
@@ -180,12 +182,6 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
             continue
         total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def cluster_cpu_seconds(postmaster: int) -> float:
-    """CPU of the PostgreSQL cluster: the postmaster and every backend and helper it runs
-    (backends that ended during the round are not counted; the pools keep theirs)."""
-    return cpu_seconds(postmaster)
 
 
 def start(argv: list[str], env_extra: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
@@ -240,10 +236,10 @@ async def load(target: str, method: str, reqs: list[Any], concurrency: int, pid:
                 await fn(r, timeout=30)
                 latencies.append((time.perf_counter() - t0) * 1000)
 
-        db0, cpu0, t0 = cluster_cpu_seconds(postmaster), cpu_seconds(pid), time.perf_counter()
+        db0, cpu0, t0 = cpu_seconds(postmaster), cpu_seconds(pid), time.perf_counter()
         await asyncio.gather(*(worker(fns[i % channels]) for i in range(concurrency)))
         elapsed, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
-        db = cluster_cpu_seconds(postmaster) - db0
+        db = cpu_seconds(postmaster) - db0
         return len(reqs) / elapsed, cpu / len(reqs) * 1e6, db / len(reqs) * 1e6, latencies
 
 

@@ -4,9 +4,8 @@ embedded PostgreSQL (fsync on), the same load on each, rounds alternating the se
 
 The load is what multi-process serving needs to show anything: `--channels` channels,
 each its own TCP connection (the kernel spreads connections over the workers, never the
-calls of one connection), `--concurrency` calls in flight spread over them. scripts/bench.py
-drives one channel, so every call of its `--project-args "--workers 2"` run lands on one
-worker (and its CPU column reads the idle supervisor). Per server and method it prints
+calls of one connection), `--concurrency` calls in flight spread over them (scripts/bench.py
+does the same with `--channels N`, beside the bare server and the echo). Per server and method it prints
 the median calls/s and p95 over rounds, and CPU µs per call of the whole process tree
 (supervisor and workers; utime+stime from /proc) and of PostgreSQL.
 

@@ -11,7 +11,7 @@ import datetime as dt
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -54,6 +54,8 @@ ENV_VARS: dict[str, str] = {
     "POTATO_EVENT_LOOP": "event_loop",
 }
 """Environment variable -> setting."""
+EventLoop = Literal["uvloop", "asyncio"]
+"""The event loops a command may run on (event_loop.py)."""
 EMPTY_MEANS_OFF = frozenset({"POTATO_TOTALS_RECONCILE_AT"})
 """Variables whose empty value is a value (it disables the feature), not "unset"."""
 
@@ -97,7 +99,7 @@ class Settings(BaseModel):
     """A span per SQL statement (opentelemetry-instrumentation-asyncpg): opt-in (tracing.py)."""
     log_format: Literal["auto", "json", "text"] = "auto"
     """Server logs: JSON lines, text, or auto (text on a terminal, JSON elsewhere; logs.py)."""
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoop = "uvloop"
     """The asyncio event loop every command runs on (event_loop.py): uvloop (libuv), or
     the standard library's. uvloop is a dependency; `asyncio` is the fallback switch."""
     shadow_workers: int = Field(default=4, ge=1, le=64)
@@ -205,12 +207,13 @@ class Settings(BaseModel):
 
 
 def event_loop_from_env(env: Mapping[str, str] | None = None) -> str:
-    """POTATO_EVENT_LOOP alone (uvloop|asyncio), for the loop that must exist before the
-    rest of the settings are read; a bad value is the same ValueError as from_env's."""
+    """POTATO_EVENT_LOOP alone, for the loop that must exist before the rest of the
+    settings are read; a bad value is the same ValueError as from_env's."""
     env = os.environ if env is None else env
     value = (env.get("POTATO_EVENT_LOOP") or "uvloop").strip().lower()
-    if value not in ("uvloop", "asyncio"):
-        raise ValueError("event_loop (POTATO_EVENT_LOOP): must be uvloop or asyncio")
+    if value not in get_args(EventLoop):
+        raise ValueError("event_loop (POTATO_EVENT_LOOP): must be one of "
+                         + ", ".join(get_args(EventLoop)))
     return value
 
 

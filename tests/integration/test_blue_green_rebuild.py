@@ -549,3 +549,41 @@ async def test_the_owner_connection_killed_mid_way_leaves_the_live_table_untouch
     finally:
         await conn.close()
 
+
+
+async def test_an_old_table_still_in_use_aborts_before_the_build(
+        bg: tuple[str, ServerThread]) -> None:
+    """A kept runs_bg_old (an earlier rebuild could not drop it) that a transaction still
+    uses: the swap could not rename the live table to it, so the rebuild stops before
+    building, with ABORTED (CONTENTION) rather than INTERNAL, the live table unchanged.
+    A transaction in another database does not hold it up."""
+    from potato_runs.domain.errors import DomainError, ErrorKind, Reason
+
+    dsn, _ = bg
+    conn, holder, other = (await asyncpg.connect(dsn), await asyncpg.connect(dsn),
+                           await asyncpg.connect(dsn.rsplit("/", 1)[0] + "/postgres"))
+    try:
+        await conn.execute(f"SET ROLE {OWNER_ROLE}; CREATE TABLE runs_bg_old (LIKE runs)")
+        oid = await conn.fetchval("SELECT 'runs'::regclass::oid")
+        before = [tuple(r) for r in await conn.fetch(ALL_RUNS)]
+        other_tx = other.transaction()
+        await other_tx.start()
+        await other.fetchval("SELECT 1")
+        holder_tx = holder.transaction()
+        await holder_tx.start()
+        await holder.fetchval("SELECT count(*) FROM runs_bg_old")
+        service = BlueGreenService(owner_connect(dsn, []), FixedClock(DEFAULT_NOW),
+                                   BlueGreenSettings(drain_timeout=0.3))
+        with pytest.raises(DomainError) as err:
+            await service.rebuild_all()
+        assert (err.value.kind, err.value.reason) == (ErrorKind.ABORTED, Reason.CONTENTION)
+        assert "runs_bg_old" in str(err.value)
+        assert await conn.fetchval("SELECT 'runs'::regclass::oid") == oid
+        assert [tuple(r) for r in await conn.fetch(ALL_RUNS)] == before
+        await holder_tx.rollback()
+        report = await service.rebuild_all()   # the other database's transaction is open
+        assert report.old_table_dropped and report.users_changed == 0
+        await other_tx.rollback()
+    finally:
+        for c in (conn, holder, other):
+            await c.close()

@@ -88,7 +88,7 @@ class Telemetry:
             description="Runs merged by a write (a day closed the gap between two runs)")
         self._violations = meter.create_gauge(
             "potato.runs.invariant.violations", unit="{violation}",
-            description="Violations of each invariant found by the last full check")
+            description="Violations of each invariant found by the last check")
         self._rebuild_duration = meter.create_histogram(
             "potato.runs.rebuild.duration", unit="s",
             description="Duration of a rebuild (scope: user, batch or all)",
@@ -214,7 +214,8 @@ class Telemetry:
         self._rebuild_failures.add(1)
 
     def record_violations(self, counts: Mapping[str, int]) -> None:
-        """The last full check's count per invariant code (every code, zeros included)."""
+        """The last check's count per invariant code (every code, zeros included): every
+        pass of the invariant monitor reports, incremental ones included."""
         for code, count in counts.items():
             self._violations.set(count, {"invariant": code})
 

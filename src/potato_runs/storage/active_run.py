@@ -10,7 +10,7 @@ btree `runs_user_end_desc` (one index tuple) is taken when it is flagged active;
 when it is not (a projection the checker would report) does the second branch look for
 the flagged one, so the answer is exactly the flagged run, as before, in constant time
 for a correct projection (scripts/bench.py's flat reads;
-tests/integration/test_reads.py holds the plan to it)."""
+tests/integration/test_active_run.py holds the plans to it)."""
 
 from __future__ import annotations
 

@@ -363,8 +363,14 @@ class BlueGreenRebuild:
         them; a kept old table is dropped once the transactions open now have ended."""
         await conn.execute(f"DROP TABLE IF EXISTS {NEW}")
         if await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", OLD):
-            if await self._drain(conn, await self._open_vxids(conn)):
-                await self._drop_old_objects(conn)
+            if not await self._drain(conn, await self._open_vxids(conn)):
+                # The swap renames the live table to OLD: it cannot while OLD exists.
+                raise DomainError(
+                    ErrorKind.ABORTED, Reason.CONTENTION,
+                    f"the old table of an earlier rebuild ({OLD}) is still in use by a "
+                    f"transaction open for over {self._settings.drain_timeout:.0f} s; the "
+                    "live runs table is unchanged: run the rebuild again when it has ended")
+            await self._drop_old_objects(conn)
 
     async def _count(self, conn: asyncpg.Connection) -> None:
         row = await conn.fetchrow(
@@ -517,7 +523,9 @@ class BlueGreenRebuild:
         for ix in indexes:
             m = pattern.match(ix["def"])
             if m is None:
-                raise RuntimeError(f"unexpected index definition: {ix['def']}")
+                raise DomainError(ErrorKind.FAILED_PRECONDITION, Reason.PROJECTION_INCONSISTENT,
+                                  f"the runs table has an index this rebuild cannot copy: "
+                                  f"{ix['def']}; the live runs table is unchanged")
             tmp = _tmp(ix["relname"], NEW_SUFFIX)
             self._state.idx_names.append((tmp, ix["relname"]))
             await conn.execute(f"{m[1]}{_q(tmp)}{m[3]}{_q(schema)}.{NEW}{m[5]}")
@@ -603,7 +611,7 @@ class BlueGreenRebuild:
             while True:
                 n = await self._catch_up_pass(conn)
                 passes += 1
-                if (self._state.diffed and n <= self._settings.catchup_target) or (
+                if n <= self._settings.catchup_target or (  # the first pass diffed
                         passes >= self._settings.max_catchup_passes):
                     break
             self._add_time("catchup", t0)
@@ -735,12 +743,16 @@ class BlueGreenRebuild:
 
     # ------------------------------------------------------------------ drop
     async def _open_vxids(self, conn: asyncpg.Connection) -> list[str]:
+        """The transactions open now in this database (their virtualxid locks). Not
+        filtered on pg_stat_activity.backend_type: the owner role (no pg_read_all_stats)
+        sees NULL there for potato_app's sessions, the very ones to wait for; datname it
+        sees. A background worker's transaction may be waited for too (bounded)."""
         return list(await conn.fetchval(
             """SELECT array(SELECT l.virtualxid FROM pg_locks l
                              JOIN pg_stat_activity a ON a.pid = l.pid
                             WHERE l.locktype = 'virtualxid' AND l.granted
                               AND l.pid <> pg_backend_pid()
-                              AND a.backend_type = 'client backend')"""))
+                              AND a.datname = current_database())"""))
 
     async def _drain(self, conn: asyncpg.Connection, vxids: list[str]) -> bool:
         deadline = time.monotonic() + self._settings.drain_timeout
@@ -837,10 +849,3 @@ async def _close(conn: asyncpg.Connection) -> None:
         await asyncio.wait_for(conn.close(), 5)
     except (*DB_FAILURES, asyncio.CancelledError):
         conn.terminate()
-
-
-async def bare_islands_select(conn: asyncpg.Connection) -> tuple[int, int]:
-    """The bare gaps-and-islands SELECT over every fact: (runs, days)."""
-    row = await conn.fetchrow(BARE_SELECT_SQL)
-    assert row is not None
-    return int(row[0]), int(row[1])

@@ -41,9 +41,3 @@ class RequestIdsRepository:
         status = await db_call.call(self._pool, self._retry, deadline, "request", op)
         return int(str(status).rsplit(" ", 1)[-1])
 
-    async def count(self, deadline: Deadline) -> int:
-        """How many ids are recorded (operators, tests)."""
-        async def op(conn: asyncpg.Connection, timeout: float) -> Any:
-            return await conn.fetchval("SELECT count(*) FROM request_ids", timeout=timeout)
-
-        return int(await db_call.call(self._pool, self._retry, deadline, "request", op))

@@ -168,13 +168,13 @@ class AccessControl:
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug("allow %s to %s (%s)", _name(identity), method, context.peer())
                 return await behavior(request, context)
-            self._deny(decision, identity, role, method, context, token is not None, uris, dns)
+            self._deny(identity, role, method, context, token is not None, uris, dns)
             await abort(context, self._error(decision, identity, role, method))
             return None   # unreachable: abort raises
 
         return guarded
 
-    def _deny(self, decision: Decision, identity: Identity | None, role: Role, method: str,
+    def _deny(self, identity: Identity | None, role: Role, method: str,
               context: grpc.aio.ServicerContext[Any, Any], sent_token: bool,
               uris: list[str], dns: list[str]) -> None:
         """One log line per denial: who (the policy's name, or anonymous with what it

@@ -9,9 +9,8 @@ decode failure becomes an `Undecodable` value that the servicer wrapper
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -56,17 +55,6 @@ def method_name(service: ServiceDescriptor, method: str) -> str:
     return f"/{service.full_name}/{method}"
 
 
-def _writing(stream: Callable[[Any, Any], AsyncIterator[Any]]) -> Behavior:
-    """An async-generator server-streaming method as a coroutine that writes each
-    message with context.write: the shape every HandlerInterceptor can await."""
-    @functools.wraps(stream)
-    async def write_all(request: Any, context: Any) -> None:
-        async for reply in stream(request, context):
-            await context.write(reply)
-
-    return write_all
-
-
 def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescriptor,
                 interceptors: Sequence[HandlerInterceptor] = ()) -> None:
     """Like the generated add_*Servicer_to_server, for every unary-unary and
@@ -74,8 +62,8 @@ def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescript
     method; the first one listed runs first.
 
     A server-streaming behaviour is a coroutine that writes with `context.write` and
-    returns None when the stream is over (an async-generator method is turned into
-    one), so an interceptor wraps it exactly as a unary one: `await behavior(...)`
+    returns None when the stream is over (an async-generator method is refused), so an
+    interceptor wraps it exactly as a unary one: `await behavior(...)`
     lasts the whole stream. An interceptor that limits calls in flight must therefore
     tell streams apart (transport/shedding.py: streams are counted against a limit of
     their own)."""
@@ -86,8 +74,8 @@ def add_service(server: grpc.aio.Server, servicer: Any, service: ServiceDescript
         request = message_factory.GetMessageClass(method.input_type)
         response = message_factory.GetMessageClass(method.output_type)
         behavior = getattr(servicer, method.name)
-        if method.server_streaming and inspect.isasyncgenfunction(behavior):
-            behavior = _writing(behavior)
+        if inspect.isasyncgenfunction(behavior):
+            raise ValueError(f"{method.full_name}: write with context.write, not yield")
         for intercept in reversed(interceptors):
             behavior = intercept(method_name(service, method.name), behavior)
         make = (grpc.unary_stream_rpc_method_handler if method.server_streaming

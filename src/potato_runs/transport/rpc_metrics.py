@@ -20,7 +20,7 @@ the load shedder refuse. Histogram `rpc.server.duration`, unit `s`, attributes
 (`MarkDay`) and `rpc.grpc.status_code` (the integer code, 0 = OK). Prometheus:
 `rpc_server_duration_seconds_{bucket,count,sum}` (docs/observability.md). Buckets: 0.05 s
 is an edge, so the p95 < 50 ms SLO reads one bucket. A server stream (`WatchRunEvents`)
-is one point when it ends, timed over its whole life: latency SLIs leave that service out.
+is not recorded (`skip`, below): one point for a stream of hours would distort the SLIs.
 """
 
 from __future__ import annotations
