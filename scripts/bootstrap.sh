@@ -2,7 +2,8 @@
 # Sets up a fresh machine for Potato Runs: PostgreSQL binaries (apt-get, when
 # missing), a virtualenv in .venv with the project installed, and, with --dev,
 # the test tools, buf (npm package @bufbuild/buf in .tools/) and promtool (apt-get,
-# Debian package prometheus, when missing).
+# Debian package prometheus, when missing) and Citus 13.2.2 (built from
+# ../shared/citus/ by its build.sh, when missing; the Citus tests, tests/citus/).
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,5 +80,17 @@ if [[ $DEV == 1 ]] && ! command -v promtool >/dev/null 2>&1; then
   elif [[ -x /etc/init.d/prometheus ]]; then
     $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
   fi
+fi
+# Citus for the Citus tier (tests/citus/; its smoke subset runs by default): built from
+# the source beside the repository by its own script, which is a no-op once installed.
+CITUS_BUILD="../shared/citus/build.sh"
+if [[ $DEV == 1 && -f $CITUS_BUILD ]] && ! compgen -G "/usr/lib/postgresql/*/lib/citus.so" >/dev/null; then
+  log "building Citus with $CITUS_BUILD (about a minute)"
+  SUDO=""
+  if [[ "$(id -u)" != "0" ]]; then
+    command -v sudo >/dev/null 2>&1 || { log "need root or sudo to build Citus"; exit 1; }
+    SUDO="sudo"
+  fi
+  $SUDO bash "$CITUS_BUILD" >&2
 fi
 log "ready"

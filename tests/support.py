@@ -25,6 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 from potato_runs.app import App, Database, Migrator, build_app
 from potato_runs.clock import FixedClock
 from potato_runs.config import Settings
+from potato_runs.storage.citus import is_distributed
 from potato_runs.storage.embedded import EmbeddedPostgres
 from potato_runs.storage.pool import create_pool
 from potato_runs.storage.roles import OWNER_ROLE
@@ -79,8 +80,10 @@ class ServerThread:
                 invariant_check_interval=0, health_probe_interval=0,
                 admin_token=ADMIN_TOKEN, totals_reconcile_at=None), **self.settings})
             migrator = Migrator(self.dsn, role=OWNER_ROLE) if self.owner else None
+            async with pool.acquire() as conn:
+                citus = await is_distributed(conn)   # the Citus tier (tests/citus/)
             return await build_app(settings, clock=self.clock, database=Database(
-                dsn=self.app_dsn, pool=pool, migrator=migrator))
+                dsn=self.app_dsn, pool=pool, migrator=migrator, citus=citus))
 
         self.app = self.run(boot())
         return self

@@ -46,6 +46,7 @@ from potato_runs.service.totals_reconcile import DailyTotalsReconcile, TotalsRec
 from potato_runs.service.totals_service import TotalsService
 from potato_runs.service.v1_runs import V1RunsService
 from potato_runs.storage.admin_repo import INVARIANT_QUERIES, AdminRepository
+from potato_runs.storage.citus import distribute, is_distributed
 from potato_runs.storage.db_call import observe, unobserve
 from potato_runs.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from potato_runs.storage.flags_repo import FlagsRepository
@@ -56,7 +57,12 @@ from potato_runs.storage.pool import create_pool, observe_wait, unobserve_wait
 from potato_runs.storage.read_paths import ReadPaths
 from potato_runs.storage.request_ids_repo import RequestIdsRepository
 from potato_runs.storage.roles import OWNER_ROLE, ddl_powers, prepare_cluster
-from potato_runs.storage.run_events_repo import EventNotifier, EventTail, RunEventsRepository
+from potato_runs.storage.run_events_repo import (
+    CitusEventTail,
+    EventNotifier,
+    EventTail,
+    RunEventsRepository,
+)
 from potato_runs.storage.runs_repo import RunsRepository
 from potato_runs.storage.shadow_repo import ShadowRepository
 from potato_runs.storage.totals_reads import TotalsReads
@@ -125,13 +131,19 @@ class Migrator:
                 raise
         return conn
 
-    async def run(self) -> list[str]:
+    async def run(self, *, citus: bool = False, shard_count: int | None = None) -> list[str]:
         """Applies the pending migrations (and the grants of potato_app) on a connection
         of its own: no pool command_timeout (migrate() bounds its statements), and
-        closing it ends any session lock."""
+        closing it ends any session lock. Then, with `citus` or on a schema distributed
+        already, distributes what is not yet (storage/citus.py): a table or function of a
+        later migration is distributed by the same `migrate`."""
         conn = await self.connect()
         try:
-            return await migrate(conn)
+            applied = await migrate(conn)
+            if citus or await is_distributed(conn):
+                applied += await distribute(conn, shard_count=shard_count)
+                await migrate(conn)   # potato_app's grants on what distribute() made
+            return applied
         finally:
             await conn.close()
 
@@ -143,6 +155,8 @@ class Database:
     pool: asyncpg.Pool
     embedded: EmbeddedPostgres | None = None
     migrator: Migrator | None = None
+    citus: bool = False
+    """Whether the schema is distributed on Citus (storage/citus.py)."""
 
     async def close(self) -> None:
         try:
@@ -185,11 +199,17 @@ async def open_database(settings: Settings, *, run_migrations: bool = True,
         assert dsn is not None
         pool = await create_pool(dsn, min_size=settings.pool_min_size,
                                  max_size=settings.pool_max_size)
+        try:
+            async with pool.acquire(timeout=settings.default_timeout) as conn:
+                citus = await is_distributed(conn)
+        except BaseException:
+            await pool.close()
+            raise
     except BaseException:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         raise
-    return Database(dsn=dsn, pool=pool, embedded=embedded, migrator=migrator)
+    return Database(dsn=dsn, pool=pool, embedded=embedded, migrator=migrator, citus=citus)
 
 
 async def _prepare_embedded(embedded: EmbeddedPostgres, *, grant: bool) -> str:
@@ -559,7 +579,8 @@ async def build_app(settings: Settings, *, clock: Clock | None = None,
     # LISTEN connection of its own for live events; the retention on the admin pool.
     async def connect_tail(on_notify: Callable[[], None], on_lost: Callable[[], None]
                            ) -> EventTail:
-        return await EventTail.connect(db.dsn, on_notify, on_lost, timeout=5.0)
+        tail = CitusEventTail if db.citus else EventTail
+        return await tail.connect(db.dsn, on_notify, on_lost, timeout=5.0)
 
     run_events = RunEventsService(RunEventsRepository(db.pool), EventHub(connect_tail),
                                   queue_size=settings.watcher_queue_size)

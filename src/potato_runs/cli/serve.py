@@ -121,7 +121,16 @@ def serve(host: str = typer.Option(None, help="Address to bind (default 127.0.0.
 
 @app.command()
 def migrate(dsn: str = DsnOpt, migrate_dsn: str = MigrateDsnOpt,
-            data_dir: Path = DataDirOpt) -> None:
+            data_dir: Path = DataDirOpt,
+            citus: bool = typer.Option(
+                False, "--citus",
+                help="Also distribute the schema on Citus (the citus extension must be in "
+                     "the database, the workers added): docs/adr/0003-citus.md. A schema "
+                     "distributed already is kept distributed without it."),
+            shard_count: int | None = typer.Option(
+                None, "--shard-count", min=1, max=4096,
+                help="Shards of the distributed tables (Citus's default: 32); only when "
+                     "they are first distributed.")) -> None:
     """Apply pending schema migrations as the owner role (--migrate-dsn, else --dsn, else
     the embedded cluster, created when needed), then grant potato_app what it needs.
     Exits 2 with `error: ...` when it cannot."""
@@ -131,11 +140,11 @@ def migrate(dsn: str = DsnOpt, migrate_dsn: str = MigrateDsnOpt,
         settings = _settings(dsn=dsn, migrate_dsn=migrate_dsn, data_dir=data_dir)
         owner = settings.migrate_dsn or settings.dsn
         if owner is not None:   # no pool: the serving role need not exist yet
-            return await Migrator(owner).run()
+            return await Migrator(owner).run(citus=citus, shard_count=shard_count)
         db = await open_database(settings, run_migrations=False)
         try:
             assert db.migrator is not None
-            return await db.migrator.run()
+            return await db.migrator.run(citus=citus, shard_count=shard_count)
         finally:
             await db.close()
 

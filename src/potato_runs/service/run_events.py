@@ -84,6 +84,10 @@ class Tail(Protocol):
     @property
     def closed(self) -> bool: ...
 
+    @property
+    def reads_settled(self) -> bool:
+        """Whether after() returns only settled events (Citus: CitusEventTail)."""
+
     def terminate(self) -> None: ...
 
     async def head(self, timeout: float) -> int: ...
@@ -302,6 +306,12 @@ class EventHub:
         """Hands out every event after `settled` that is settled now (module doc)."""
         while True:
             events = await tail.after(self.settled, self._page, TAIL_TIMEOUT)
+            if tail.reads_settled:
+                for event in events:
+                    self._hand_out(event)
+                if len(events) < self._page:
+                    return
+                continue
             i = 0
             while i < len(events) and events[i].event_id == self.settled + 1:
                 self._hand_out(events[i])   # contiguous: nothing can come before it

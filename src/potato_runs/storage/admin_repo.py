@@ -186,7 +186,7 @@ WITH batch AS MATERIALIZED (
      WHERE NOT i.whole
      GROUP BY i.user_id, i.ls, i.le
 ), matched AS (
-    SELECT DISTINCT run_id FROM pairs WHERE run_id IS NOT NULL
+    SELECT DISTINCT user_id, run_id FROM pairs WHERE run_id IS NOT NULL
 ), ordered AS (
     SELECT user_id, s, e, max(e) OVER (PARTITION BY user_id ORDER BY s, run_id
                                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
@@ -209,7 +209,7 @@ WITH batch AS MATERIALIZED (
     UNION ALL
     SELECT 'missing_run', user_id FROM islands WHERE n = 0
     UNION ALL
-    SELECT 'extra_run', p.user_id FROM proj p LEFT JOIN matched m USING (run_id)
+    SELECT 'extra_run', p.user_id FROM proj p LEFT JOIN matched m USING (user_id, run_id)
      WHERE m.run_id IS NULL
     UNION ALL
     SELECT 'overlap', user_id FROM ordered WHERE s <= prev_e + 1
@@ -282,8 +282,9 @@ class AdminRepository:
                            timeout=budget.timeout())
         events: list[tuple[str, str | None, str | None]] = []
         if diff.removed:
-            await conn.execute("DELETE FROM runs WHERE run_id = ANY($1::bigint[])",
-                               [r.run_id for r in diff.removed], timeout=budget.timeout())
+            await conn.execute(
+                "DELETE FROM runs WHERE user_id = $2 AND run_id = ANY($1::bigint[])",
+                [r.run_id for r in diff.removed], user_id, timeout=budget.timeout())
             events += [("run_deleted", _run_json(r), None) for r in diff.removed]
         # Deactivations before activations: the one-active index is not deferrable.
         for active in (False, True):

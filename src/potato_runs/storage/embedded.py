@@ -123,10 +123,13 @@ def _traversable_by_others(path: Path) -> bool:
 
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path, *, port: int | None = None, fast_unsafe: bool = False,
-                 os_user: str | None = None) -> None:
+                 os_user: str | None = None, settings: dict[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir).absolute()
         self.port = port
         self.fast_unsafe = fast_unsafe
+        # Server settings passed at start (`-c name=value`): e.g. Citus's
+        # shared_preload_libraries (storage/embedded_citus.py).
+        self.settings = dict(settings or {})
         self.bindir = find_pg_bindir()
         self.os_user: str | None = None
         if os.geteuid() == 0:
@@ -409,6 +412,7 @@ class EmbeddedPostgres:
                 "-c unix_socket_directories=", "-c max_connections=200"]
         if self.fast_unsafe:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        opts += [f"-c {name}={value}" for name, value in self.settings.items()]
         res = self._run([str(self.bindir / "pg_ctl"), "-D", str(self._pgdata), "-l", str(self._log),
                          "-o", " ".join(opts), "-w", "-t", "60", "start"])
         if res.returncode != 0:

@@ -2,7 +2,8 @@
 
 A change locks the flag's row (SELECT ... FOR UPDATE), applies a pure function to
 the state it read, bumps `revision` and writes the `feature_flag_changes` row in
-the same transaction; the table's trigger NOTIFYs `potato_feature_flags` on commit.
+the same transaction; `potato_feature_flags` is NOTIFYd on commit (by the table's trigger
+on one PostgreSQL, by update() after it on both).
 """
 
 from __future__ import annotations
@@ -108,7 +109,13 @@ class FlagsRepository:
                            VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb)""",
                         name, now, actor, reason, flag_json(before), flag_json(after),
                         timeout=timeout)   # the pool's jsonb codec encodes the dicts
-                    return after
+                # After the commit, outside it: on Citus feature_flags is a reference
+                # table, written with two-phase commit, which refuses a transaction that
+                # NOTIFYs, so there is no trigger (storage/citus.py). On one PostgreSQL
+                # the trigger has notified too: a second reload changes nothing.
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, name,
+                                   timeout=timeout)
+                return after
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
 

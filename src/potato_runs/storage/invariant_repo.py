@@ -1,5 +1,5 @@
 """The invariant monitor's storage: one pass at a time across replicas (a session advisory
-lock), the users touched since an earlier pass (run_events' primary key), the open
+lock), the users touched since an earlier pass (run_events_event_id), the open
 violations (invariant_violations) and every pass's result (invariant_check_runs), which
 every replica reads to set its health.
 """
@@ -150,7 +150,7 @@ class MonitorSession:
     async def touched_users(self, after: int,
                             timeout: float = 60.0) -> tuple[int, list[uuid.UUID]]:
         """(the highest event id seen, the users of the events after `after` and the users
-        with open violations), in one statement: a range scan of run_events' primary key."""
+        with open violations), in one statement: a range scan of run_events_event_id (0012)."""
         row = await self._conn.fetchrow(
             """WITH ev AS MATERIALIZED (SELECT event_id, user_id FROM run_events
                                           WHERE event_id > $1)

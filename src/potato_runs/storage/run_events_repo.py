@@ -139,6 +139,10 @@ class EventTail:
     live delivery). `on_notify` is called for every notification, `on_lost` when the
     connection ends. Raises the driver's errors (storage.errors.DB_FAILURES)."""
 
+    reads_settled = False
+    """after() may return events below which another is still being written (the hub
+    settles gaps with in_progress/running)."""
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
 
@@ -227,3 +231,59 @@ class EventNotifier:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+HORIZON_SQL = """
+SELECT CASE WHEN bool_and(success AND result <> '') THEN min(result::bigint) END
+  FROM run_command_on_all_nodes(format('SELECT potato_event_horizon(%s)', $1::integer))
+"""
+"""The cluster's horizon: the smallest of every node's (storage/citus_schema.sql), NULL
+when a node could not settle in time or did not answer."""
+
+CITUS_TAIL_SQL = f"""
+SELECT {_COLUMNS}
+  FROM run_events e
+ WHERE e.event_id > $1 AND e.event_id < $3
+ ORDER BY e.event_id
+ LIMIT $2
+"""
+
+HORIZON_WAIT_MS = 2000
+"""How long a node waits for its transactions in progress before the tail tries again."""
+
+
+class CitusEventTail(EventTail):
+    """The tail on Citus (docs/adr/0003-citus.md, "Run events"). Events are written on
+    the workers, in transactions the coordinator's pg_locks does not list, with
+    time-first ids (potato_event_id). Each read first takes the cluster's horizon: every
+    node's clock, once the transactions in progress there at that moment have ended; the
+    smallest, H, bounds the read (event_id < H << 22), and every event below that bound
+    is visible or never will be. So after() returns settled events only, in id order,
+    and the hub hands them out as they come. Wake-ups are as on one PostgreSQL: the
+    writing replica NOTIFYs the coordinator after its commit, and the hub polls anyway."""
+
+    reads_settled = True
+
+    async def _horizon(self, timeout: float) -> int | None:
+        value = await self._conn.fetchval(HORIZON_SQL, HORIZON_WAIT_MS, timeout=timeout)
+        return None if value is None else int(value) << 22
+
+    async def head(self, timeout: float) -> int:
+        """Every id below the horizon is settled: the hub starts after them."""
+        bound = await self._horizon(timeout)
+        if bound is None:
+            raise TimeoutError("run events: a Citus node did not settle its transactions")
+        return bound - 1
+
+    async def after(self, settled: int, limit: int, timeout: float) -> list[RunEvent]:
+        bound = await self._horizon(timeout)
+        if bound is None:   # a long transaction on a node: the next wake-up tries again
+            return []
+        rows = await self._conn.fetch(CITUS_TAIL_SQL, settled, limit, bound, timeout=timeout)
+        return [event_from_row(r) for r in rows]
+
+    async def in_progress(self, timeout: float) -> list[int]:
+        return []   # after() has waited for them, node by node
+
+    async def running(self, xids: Sequence[int], timeout: float) -> int:
+        return 0

@@ -1,0 +1,142 @@
+"""The Citus tier's smoke subset (run by default): the schema is distributed and
+co-located, a MarkDay is one delegated call executed on the worker that holds the user,
+its rows live there and nowhere else, reads find them, and the event stream delivers
+events written on the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from integration.helpers import mark, span, stored_runs
+
+from citus.conftest import Cluster
+from potato.runs.v2 import run_events_service_pb2 as epb
+from potato.runs.v2 import run_events_service_pb2_grpc, runs_service_pb2_grpc
+from potato.runs.v2 import runs_service_pb2 as rpb
+from potato_runs.storage.citus import DISTRIBUTED_TABLES, REFERENCE_TABLES
+from support import ADMIN_METADATA, ServerThread
+
+pytestmark = pytest.mark.citus_smoke
+
+WAIT = 30.0
+
+
+async def test_every_user_table_is_distributed_by_user_and_co_located(
+        citus_cluster: Cluster, db: asyncpg.Connection) -> None:
+    rows = await db.fetch(
+        """SELECT logicalrelid::regclass::text AS t, partmethod::text, colocationid,
+                  column_to_column_name(logicalrelid, partkey) AS col
+             FROM pg_dist_partition""")
+    by_table = {r["t"]: r for r in rows}
+    for table in DISTRIBUTED_TABLES:
+        assert by_table[table]["partmethod"] == "h", table
+        assert by_table[table]["col"] == "user_id", table
+    assert len({by_table[t]["colocationid"] for t in DISTRIBUTED_TABLES}) == 1
+    for table in REFERENCE_TABLES:
+        assert by_table[table]["partmethod"] == "n", table
+    # Every primary key, unique index and exclusion constraint includes user_id.
+    missing = await db.fetch(
+        """SELECT i.indexrelid::regclass::text AS idx
+             FROM pg_index i
+             JOIN pg_dist_partition p ON p.logicalrelid = i.indrelid AND p.partmethod = 'h'
+            WHERE (i.indisunique OR i.indisexclusion)
+              AND NOT EXISTS (SELECT 1 FROM pg_attribute a
+                               WHERE a.attrelid = i.indrelid AND a.attname = 'user_id'
+                                 AND a.attnum = ANY (i.indkey))""")
+    assert [r["idx"] for r in missing] == []
+    # The write functions are delegated by their user argument.
+    delegated = await db.fetchval(
+        """SELECT count(*) FROM pg_dist_object
+            WHERE classid = 'pg_proc'::regclass AND distribution_argument_index IS NOT NULL
+              AND objid IN ('potato_mark_day(uuid,date,timestamptz,text,text,timestamptz,text)'
+                            ::regprocedure)""")
+    assert delegated == 1
+
+
+async def placement(db: asyncpg.Connection, user: str) -> int:
+    """The port of the worker that holds the user's shard group."""
+    return int(await db.fetchval(
+        """SELECT nodeport FROM citus_shards
+            WHERE table_name = 'runs'::regclass
+              AND shardid = get_shard_id_for_distribution_column('runs', $1::uuid)""",
+        uuid.UUID(user)))
+
+
+async def rows_on(port: int, dsn: str, user: str) -> int:
+    """The user's runs rows stored on the node at `port` (its shards, read directly)."""
+    node_dsn = dsn.replace(dsn.split("@")[1].split("/")[0], f"127.0.0.1:{port}")
+    conn = await asyncpg.connect(node_dsn)
+    try:
+        await conn.execute("SET citus.override_table_visibility = off")
+        shards = [r[0] for r in await conn.fetch(
+            "SELECT relname FROM pg_class WHERE relname ~ '^runs_[0-9]+$' AND relkind = 'r'")]
+        return sum([int(await conn.fetchval(f"SELECT count(*) FROM {s} WHERE user_id = $1",
+                                            uuid.UUID(user))) for s in shards])
+    finally:
+        await conn.close()
+
+
+async def test_a_mark_day_is_one_call_run_on_the_users_worker(
+        citus_cluster: Cluster, stub: runs_service_pb2_grpc.RunsServiceStub,
+        db: asyncpg.Connection, user_id: str) -> None:
+    res = await mark(stub, user_id, "2025-06-15")
+    assert span(res.run) == ("2025-06-15", "2025-06-15", 1, True)
+    await mark(stub, user_id, "2025-06-16")
+    assert await stored_runs(db, user_id) == [("2025-06-15", "2025-06-16", 2, True)]
+    home = await placement(db, user_id)
+    assert home in citus_cluster.worker_ports()
+    # The call the service makes is delegated whole: one task, on that worker.
+    plan = "\n".join(r[0] for r in await db.fetch(
+        "EXPLAIN (VERBOSE) SELECT potato_mark_day($1, DATE '2025-06-17', now(), "
+        "'America/New_York', 'test', now(), '')", uuid.UUID(user_id)))
+    assert "Task Count: 1" in plan
+    assert f"port={home} " in plan
+    assert "SELECT public.potato_mark_day(" in plan
+    # Its rows live on that worker, none on the other.
+    for port in citus_cluster.worker_ports():
+        assert await rows_on(port, citus_cluster.dsn, user_id) == (1 if port == home else 0)
+
+
+async def test_reads_route_to_one_shard(citus_cluster: Cluster,
+                                        stub: runs_service_pb2_grpc.RunsServiceStub,
+                                        db: asyncpg.Connection, user_id: str) -> None:
+    await mark(stub, user_id, "2025-06-15")
+    got = await stub.ListRuns(rpb.ListRunsRequest(user_id=user_id))
+    assert [span(r) for r in got.runs] == [("2025-06-15", "2025-06-15", 1, True)]
+    plan = "\n".join(r[0] for r in await db.fetch(
+        "EXPLAIN SELECT * FROM runs WHERE user_id = $1 ORDER BY end_date DESC",
+        uuid.UUID(user_id)))
+    assert "Task Count: 1" in plan
+
+
+async def test_the_event_stream_delivers_events_written_on_the_workers(
+        server: ServerThread, stub: runs_service_pb2_grpc.RunsServiceStub) -> None:
+    users = [str(uuid.uuid4()) for _ in range(6)]   # on both workers (8 shards)
+    async with grpc.aio.insecure_channel(server.target) as channel:
+        events = run_events_service_pb2_grpc.RunEventsServiceStub(channel)
+        call = events.WatchRunEvents(epb.WatchRunEventsRequest(), metadata=ADMIN_METADATA)
+        got: list[epb.RunEvent] = []
+
+        async def read() -> None:
+            async for message in call:
+                got.append(message.event)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            for user in users:
+                await mark(stub, user, "2025-06-15")
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT
+            while {e.user_id for e in got} < set(users):
+                assert not reader.done(), reader
+                assert loop.time() < deadline, f"got {len(got)} events"
+                await asyncio.sleep(0.01)
+        finally:
+            call.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+    ids = [e.event_id for e in got]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
