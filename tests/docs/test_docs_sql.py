@@ -9,6 +9,8 @@ SQL fences must carry a label (the fence's info string):
                          the same, inside a fresh schema (`CREATE SCHEMA`, then
                          `SET LOCAL search_path = <scratch>, public`), for DDL that
                          would clash with the migrated schema;
+- ```sql citus           runs on the Citus tier's coordinator (tests/citus/test_docs_sql.py)
+                         in a transaction that is always rolled back;
 - ```sql sqlite          runs in one in-memory sqlite3 database per document, in
                          document order (later blocks see earlier blocks' tables);
 - `expect-error` or `expect-error=TOKEN` after either label: the block must fail
@@ -46,7 +48,7 @@ REQUIRED_DOCS = ("architecture.md", "decisions.adrs.md", "glossary.md", "v2.md",
 
 SQL_LANGS = {"sql", "postgres", "postgresql", "pgsql", "plpgsql", "psql", "sqlite", "sqlite3",
              "mysql", "tsql", "plsql"}
-ENGINES = {"postgres", "sqlite"}
+ENGINES = {"postgres", "sqlite", "citus"}
 LOOKS_LIKE_SQL = re.compile(
     r"^\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|WITH|BEGIN|SET|DO|EXPLAIN|PRAGMA)\b",
     re.IGNORECASE | re.MULTILINE)
@@ -127,7 +129,8 @@ def label_problem(b: Block) -> str | None:
     lang = w[0].lower() if w else ""
     if lang == "sql":
         if len(w) < 2 or w[1] not in ENGINES:
-            return f"{b.where}: label the block ```sql postgres or ```sql sqlite (got {b.info!r})"
+            return (f"{b.where}: label the block ```sql postgres, ```sql citus or ```sql sqlite "
+                    f"(got {b.info!r})")
         for m in b.modifiers:
             if m not in ("expect-error", "scratch") and not m.startswith("expect-error="):
                 return f"{b.where}: unknown modifier {m!r} in {b.info!r}"
@@ -168,6 +171,8 @@ def test_docs_hold_runnable_sql_for_both_engines() -> None:
     ("sql postgres", "SELECT 1;", True),
     ("sql sqlite expect-error", "SELECT 1;", True),
     ("sql postgres expect-error=23P01 scratch", "SELECT 1;", True),
+    ("sql citus", "SELECT 1;", True),
+    ("sql citus scratch", "SELECT 1;", False),
     ("sql", "SELECT 1;", False),
     ("sql mysql", "SELECT 1;", False),
     ("sql sqlite scratch", "SELECT 1;", False),

@@ -52,7 +52,7 @@ def playbook(name: str) -> list[str]:
 
 
 def test_the_playbooks_are_cli_sequences() -> None:
-    for name in ("shadow", "cutover", "rollback", "steady-state"):
+    for name in ("shadow", "cutover", "rollback", "steady-state", "move-to-citus", "scale-out"):
         commands = playbook(name)
         assert commands and all(c.startswith("potato-runs ") for c in commands), name
     steps = [float(m["pct"]) for c in playbook("cutover") if (m := ROLLOUT.search(c))]

@@ -125,7 +125,7 @@ def migrate(dsn: str = DsnOpt, migrate_dsn: str = MigrateDsnOpt,
             citus: bool = typer.Option(
                 False, "--citus",
                 help="Also distribute the schema on Citus (the citus extension must be in "
-                     "the database, the workers added): docs/adr/0003-citus.md. A schema "
+                     "the database, the workers added): docs/decisions.adrs.md ADR-0006. A schema "
                      "distributed already is kept distributed without it."),
             shard_count: int | None = typer.Option(
                 None, "--shard-count", min=1, max=4096,

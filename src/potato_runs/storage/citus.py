@@ -1,7 +1,7 @@
 """The schema on Citus: every table of user data distributed by user_id, co-located with
 `users`; the flags and their audit as reference tables; every function propagated to the
 workers, and every function with a `p_user` argument delegated to the worker that holds
-that user (docs/adr/0003-citus.md).
+that user (docs/decisions.adrs.md, ADR-0006).
 
 `distribute()` runs after the migrations (`potato-runs migrate --citus`, and every later
 `migrate` on a database that has the citus extension, so a table or function a later
@@ -112,6 +112,14 @@ async def distribute(conn: asyncpg.Connection, *, shard_count: int | None = None
         if table not in distributed:
             await conn.execute("SELECT create_reference_table($1)", table, timeout=timeout)
             done.append(f"reference table {table}")
+    # Distributing a table that holds rows copies them into the shards and leaves the
+    # coordinator's own copy behind, hidden: truncate it (after all the tables, since
+    # the foreign keys to `users` must be distributed too first).
+    for table in (*DISTRIBUTED_TABLES, *REFERENCE_TABLES):
+        if table not in distributed and await conn.fetchval(
+                "SELECT pg_relation_size($1::regclass) > 0", table):
+            await conn.execute("SELECT truncate_local_data_after_distributing_table($1)",
+                               table, timeout=timeout)
 
     for signature, by_user in await conn.fetch(_FUNCTIONS, DISTRIBUTION_ARGUMENT):
         if await _distribute_function(conn, signature,

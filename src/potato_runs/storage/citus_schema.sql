@@ -1,6 +1,6 @@
 -- citus_schema.sql: what a Citus deployment needs beyond the migrations, applied by
 -- storage/citus.py (`potato-runs migrate --citus`) before the tables are distributed.
--- Idempotent: every statement may run again. ADR docs/adr/0003-citus.md explains the design.
+-- Idempotent: every statement may run again. docs/decisions.adrs.md ADR-0006 explains the design.
 
 -- The node group this runs on: 0 on the coordinator, 1.. on the workers
 -- (pg_dist_local_group, one row on every node).

@@ -1,5 +1,5 @@
 """An embedded Citus cluster: a coordinator and N workers on 127.0.0.1, each an
-EmbeddedPostgres with Citus preloaded (docs/adr/0003-citus.md).
+EmbeddedPostgres with Citus preloaded (docs/decisions.adrs.md, ADR-0006).
 
 For the Citus test tier (tests/citus/), the benchmark (scripts/bench_citus.py) and the
 scale-out playbook. Every node's superuser has the coordinator's password, which the

@@ -253,7 +253,7 @@ HORIZON_WAIT_MS = 2000
 
 
 class CitusEventTail(EventTail):
-    """The tail on Citus (docs/adr/0003-citus.md, "Run events"). Events are written on
+    """The tail on Citus (docs/decisions.adrs.md ADR-0006, "Run events"). Events are written on
     the workers, in transactions the coordinator's pg_locks does not list, with
     time-first ids (potato_event_id). Each read first takes the cluster's horizon: every
     node's clock, once the transactions in progress there at that moment have ended; the
