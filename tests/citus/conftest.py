@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from potato_runs.app import Migrator
 from potato_runs.clock import FixedClock
-from potato_runs.storage.embedded_citus import EmbeddedCitus, chmod_base, ensure_citus, set_authinfo
+from potato_runs.storage.embedded_citus import (
+    EmbeddedCitus,
+    chmod_base,
+    ensure_citus,
+)
 from potato_runs.storage.roles import APP_ROLE
 from support import APP_PASSWORD, ServerThread, app_dsn, prepare_roles
 
@@ -66,11 +69,10 @@ async def distribute_schema(citus: EmbeddedCitus) -> list[str]:
     grants of what the distribution made)."""
     dsn = citus.dsn()
     await prepare_roles(dsn)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await set_authinfo(conn, f"'{APP_ROLE}'", APP_PASSWORD)
-    finally:
-        await conn.close()
+    # On every node, not only the coordinator: a delegated write function runs on a
+    # worker, and one of its statements Citus cannot run inside the shard (the month
+    # totals' CTEs of a backfill) opens connections from there, as potato_app.
+    await citus.authorize(APP_ROLE, APP_PASSWORD)
     done = await Migrator(dsn).run(citus=True, shard_count=SHARDS)
     await prepare_roles(dsn)
     return done

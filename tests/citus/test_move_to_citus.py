@@ -24,7 +24,7 @@ from e2e.test_playbooks import playbook
 from potato.runs.v2 import runs_service_pb2 as pb
 from potato.runs.v2 import runs_service_pb2_grpc as pb_grpc
 from potato_runs.app import Migrator
-from potato_runs.storage.embedded_citus import EmbeddedCitus, chmod_base, set_authinfo
+from potato_runs.storage.embedded_citus import EmbeddedCitus, chmod_base
 from potato_runs.storage.roles import APP_ROLE
 from support import APP_PASSWORD, app_dsn, prepare_roles
 
@@ -40,11 +40,7 @@ def single() -> Iterator[EmbeddedCitus]:
 
     async def prepare() -> None:
         await prepare_roles(citus.dsn())
-        conn = await asyncpg.connect(citus.dsn())
-        try:
-            await set_authinfo(conn, f"'{APP_ROLE}'", APP_PASSWORD)
-        finally:
-            await conn.close()
+        await citus.authorize(APP_ROLE, APP_PASSWORD)
         await Migrator(citus.dsn()).run()   # not distributed
         await prepare_roles(citus.dsn())
 

@@ -14,6 +14,7 @@ import pytest
 from integration.helpers import mark, span, stored_runs
 
 from citus.conftest import Cluster
+from citus.helpers import placement, rows_on
 from potato.runs.v2 import run_events_service_pb2 as epb
 from potato.runs.v2 import run_events_service_pb2_grpc, runs_service_pb2_grpc
 from potato.runs.v2 import runs_service_pb2 as rpb
@@ -55,29 +56,6 @@ async def test_every_user_table_is_distributed_by_user_and_co_located(
               AND objid IN ('potato_mark_day(uuid,date,timestamptz,text,text,timestamptz,text)'
                             ::regprocedure)""")
     assert delegated == 1
-
-
-async def placement(db: asyncpg.Connection, user: str) -> int:
-    """The port of the worker that holds the user's shard group."""
-    return int(await db.fetchval(
-        """SELECT nodeport FROM citus_shards
-            WHERE table_name = 'runs'::regclass
-              AND shardid = get_shard_id_for_distribution_column('runs', $1::uuid)""",
-        uuid.UUID(user)))
-
-
-async def rows_on(port: int, dsn: str, user: str) -> int:
-    """The user's runs rows stored on the node at `port` (its shards, read directly)."""
-    node_dsn = dsn.replace(dsn.split("@")[1].split("/")[0], f"127.0.0.1:{port}")
-    conn = await asyncpg.connect(node_dsn)
-    try:
-        await conn.execute("SET citus.override_table_visibility = off")
-        shards = [r[0] for r in await conn.fetch(
-            "SELECT relname FROM pg_class WHERE relname ~ '^runs_[0-9]+$' AND relkind = 'r'")]
-        return sum([int(await conn.fetchval(f"SELECT count(*) FROM {s} WHERE user_id = $1",
-                                            uuid.UUID(user))) for s in shards])
-    finally:
-        await conn.close()
 
 
 async def test_a_mark_day_is_one_call_run_on_the_users_worker(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from potato_runs.domain.model import Run
 from potato_runs.domain.rollout import DiffBatch, ShadowStats, class_counts
 from potato_runs.domain.runs import RebuildPlan, plan_rebuild
 from potato_runs.domain.totals import first_day, months_of_runs
+from potato_runs.storage.citus import is_distributed
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
 from potato_runs.storage.pool import acquire
 from potato_runs.storage.runs_repo import RUN_COLUMNS, run_from_record
@@ -84,22 +86,23 @@ INVARIANT_QUERIES: dict[str, str] = {
           LEFT JOIN LATERAL (SELECT max(checkin_date) AS latest FROM daily_checkins c
                               WHERE c.user_id = r.user_id) c ON true
          WHERE r.active {u} AND c.latest IS DISTINCT FROM r.end_date""",
-    # The two coverage checks are set differences (hash-based): about 0.3 s per
-    # 100k check-ins for everyone, where per-row probes were 10x slower.
+    # The two coverage checks are anti-joins on (user, day), which PostgreSQL runs as hash
+    # anti joins (about 0.3 s per 100k check-ins for everyone; per-row probes were 10x
+    # slower), and which Citus pushes down to the shards whole: they are correlated on
+    # user_id (an EXCEPT between two distributed subqueries pulls both sides' rows to the
+    # coordinator).
     "CHECKIN_NOT_COVERED": """
-        SELECT user_id, format('check-in %s is in no run', day)
-          FROM (SELECT c.user_id, c.checkin_date AS day FROM daily_checkins c WHERE true {uc}
-                EXCEPT
-                SELECT r.user_id, d::date
-                  FROM runs r, generate_series(r.start_date, r.end_date, interval '1 day') d
-                 WHERE true {u}) x""",
+        SELECT c.user_id, format('check-in %s is in no run', c.checkin_date)
+          FROM daily_checkins c
+         WHERE NOT EXISTS (SELECT 1 FROM runs r
+                            WHERE r.user_id = c.user_id
+                              AND c.checkin_date BETWEEN r.start_date AND r.end_date {u}) {uc}""",
     "RUN_DAY_WITHOUT_CHECKIN": """
-        SELECT user_id, format('run day %s has no check-in', day)
-          FROM (SELECT r.user_id, d::date AS day
-                  FROM runs r, generate_series(r.start_date, r.end_date, interval '1 day') d
-                 WHERE true {u}
-                EXCEPT
-                SELECT c.user_id, c.checkin_date FROM daily_checkins c WHERE true {uc}) x""",
+        SELECT DISTINCT r.user_id, format('run day %s has no check-in', d::date)
+          FROM runs r
+         CROSS JOIN LATERAL generate_series(r.start_date, r.end_date, interval '1 day') d
+         WHERE NOT EXISTS (SELECT 1 FROM daily_checkins c
+                            WHERE c.user_id = r.user_id AND c.checkin_date = d::date {uc}) {u}""",
 }
 
 
@@ -114,31 +117,40 @@ def invariant_sql(code: str, one_user: bool, *, some_users: bool = False) -> str
         "{uc}", "AND c.user_id = $1" if one_user else "")
 
 
+BATCH_USERS_SQL = """
+SELECT user_id FROM users WHERE ($1::uuid IS NULL OR user_id > $1) ORDER BY user_id LIMIT $2
+"""
+"""The users of one batch ($1: the last user of the previous batch or NULL, $2: size)."""
+
+# The users whose runs differ from the facts, among the users $1 (uuid[]): per user, the
+# runs the facts give (gaps and islands) and the stored runs, each as one sorted array,
+# compared. Equal arrays are equal multisets of runs, what EXCEPT ALL both ways tested.
+# Every part is grouped, partitioned and joined by user_id, so on Citus the whole query
+# runs inside each shard (one task per shard, only drifted user ids come back).
 DRIFT_SQL = """
-WITH batch AS (
-    SELECT user_id FROM users WHERE ($1::uuid IS NULL OR user_id > $1)
-     ORDER BY user_id LIMIT $2
-), facts AS (
-    SELECT c.user_id, c.checkin_date,
-           c.checkin_date - (row_number() OVER (PARTITION BY c.user_id
-                                                ORDER BY c.checkin_date))::int AS grp
-      FROM daily_checkins c JOIN batch b USING (user_id)
-), target AS (
-    SELECT user_id, s AS start_date, e AS end_date, e - s + 1 AS day_count,
-           e = max(e) OVER (PARTITION BY user_id) AS active
-      FROM (SELECT user_id, min(checkin_date) AS s, max(checkin_date) AS e
-              FROM facts GROUP BY user_id, grp) i
-), stored AS (
-    SELECT r.user_id, r.start_date, r.end_date, r.day_count, r.active
-      FROM runs r JOIN batch b USING (user_id)
-), drift AS (
-    (SELECT * FROM target EXCEPT ALL SELECT * FROM stored)
-    UNION ALL
-    (SELECT * FROM stored EXCEPT ALL SELECT * FROM target)
-)
-SELECT (SELECT user_id FROM batch ORDER BY user_id DESC LIMIT 1) AS last_user,
-       (SELECT count(*) FROM batch) AS batch_size,
-       ARRAY(SELECT DISTINCT user_id FROM drift ORDER BY user_id) AS drifted
+SELECT coalesce(t.user_id, s.user_id) AS user_id
+  FROM (SELECT user_id,
+               array_agg(ROW(start_date, end_date, day_count, active)
+                         ORDER BY start_date, end_date, day_count, active) AS runs
+          FROM (SELECT user_id, s AS start_date, e AS end_date, e - s + 1 AS day_count,
+                       e = max(e) OVER (PARTITION BY user_id) AS active
+                  FROM (SELECT user_id, min(checkin_date) AS s, max(checkin_date) AS e
+                          FROM (SELECT c.user_id, c.checkin_date,
+                                       c.checkin_date - (row_number() OVER (
+                                           PARTITION BY c.user_id
+                                           ORDER BY c.checkin_date))::int AS grp
+                                  FROM daily_checkins c
+                                 WHERE c.user_id = ANY ($1::uuid[])) f
+                         GROUP BY user_id, grp) i) target
+         GROUP BY user_id) t
+  FULL JOIN
+       (SELECT r.user_id,
+               array_agg(ROW(r.start_date, r.end_date, r.day_count, r.active)
+                         ORDER BY r.start_date, r.end_date, r.day_count, r.active) AS runs
+          FROM runs r WHERE r.user_id = ANY ($1::uuid[])
+         GROUP BY r.user_id) s ON s.user_id = t.user_id
+ WHERE t.runs IS DISTINCT FROM s.runs
+ ORDER BY 1
 """
 
 
@@ -149,27 +161,32 @@ def current_streak_sql(end: str, days: str, zone: str, now: str) -> str:
             f"THEN {days} ELSE 0 END)")
 
 
-# The population diff of one batch of users ($1: the last user of the previous batch
-# or NULL, $2: batch size, $3: the service clock's now). Legacy = gaps and islands over
-# daily_checkins (what v1 computed on read), projection = the stored runs. Set-based:
-# hash and merge joins per batch, no per-user or per-row probes.
+# The population diff of the batch of users $1 (uuid[], picked by BATCH_USERS_SQL) at
+# $2, the service clock's now. Legacy = gaps and islands over daily_checkins (what v1
+# computed on read), projection = the stored runs. Set-based: hash and merge joins per
+# batch, no per-user or per-row probes. Every CTE is joined on user_id and every window
+# is partitioned by user_id; the result is grouped by class and aggregated in two
+# phases: per class the users, the check-ins read (class '': every user of the batch)
+# and the ids of the differing users (diff_batch sorts them, counts them, keeps the
+# first examples). On Citus (POPULATION_DIFF_CITUS_SQL) the CTEs are inlined, so the
+# whole query runs inside each shard (one task per shard) and a shard sends back a row
+# per class; on PostgreSQL the CTEs used more than once are computed once.
 POPULATION_DIFF_SQL = """
-WITH batch AS MATERIALIZED (
-    SELECT user_id, time_zone FROM users WHERE ($1::uuid IS NULL OR user_id > $1)
-     ORDER BY user_id LIMIT $2
-), facts AS MATERIALIZED (
+WITH batch AS (
+    SELECT user_id, time_zone FROM users WHERE user_id = ANY ($1::uuid[])
+), facts AS (
     SELECT c.user_id, c.checkin_date,
            c.checkin_date - (row_number() OVER (PARTITION BY c.user_id
                                                 ORDER BY c.checkin_date))::int AS grp
-      FROM daily_checkins c JOIN batch b USING (user_id)
-), legacy AS MATERIALIZED (
+      FROM daily_checkins c WHERE c.user_id = ANY ($1::uuid[])
+), legacy AS (
     SELECT user_id, min(checkin_date) AS s, max(checkin_date) AS e FROM facts GROUP BY user_id, grp
-), latest AS MATERIALIZED (       -- the legacy latest run: what legacy calls active
+), latest AS (                    -- the legacy latest run: what legacy calls active
     SELECT DISTINCT ON (user_id) user_id, s, e FROM legacy ORDER BY user_id, e DESC
-), proj AS MATERIALIZED (
+), proj AS (
     SELECT r.user_id, r.run_id, r.start_date AS s, r.end_date AS e, r.day_count, r.active
-      FROM runs r JOIN batch b USING (user_id)
-), pairs AS MATERIALIZED (        -- legacy runs with each projection run overlapping them
+      FROM runs r WHERE r.user_id = ANY ($1::uuid[])
+), pairs AS (                     -- legacy runs with each projection run overlapping them
     SELECT l.user_id, l.s AS ls, l.e AS le, p.run_id, p.s AS ps, p.e AS pe, p.day_count
       FROM legacy l LEFT JOIN proj p
         ON p.user_id = l.user_id AND p.s <= l.e AND l.s <= p.e
@@ -177,14 +194,19 @@ WITH batch AS MATERIALIZED (
     SELECT user_id, ls, le, count(run_id) AS n,
            coalesce(bool_or(ps <= ls AND pe >= le), false) AS whole
       FROM pairs GROUP BY user_id, ls, le
-), partial_cover AS (             -- only islands not covered by one run are expanded
-    SELECT i.user_id, i.ls, i.le, count(DISTINCT d) AS covered
-      FROM islands i
-      LEFT JOIN pairs p ON p.user_id = i.user_id AND p.ls = i.ls AND p.run_id IS NOT NULL
-      LEFT JOIN LATERAL generate_series(greatest(p.ls, p.ps), least(p.le, p.pe),
-                                        interval '1 day') d ON true
+), cover AS (                    -- days of an island its runs cover: the union of the
+    SELECT user_id, ls,           -- clipped runs (only of islands no one run covers)
+           sum(greatest(0, ce - greatest(cs - 1, coalesce(prev_ce, cs - 1)))) AS covered
+      FROM (SELECT user_id, ls, cs, ce,
+                   max(ce) OVER (PARTITION BY user_id, ls ORDER BY cs, ce
+                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_ce
+              FROM (SELECT user_id, ls, greatest(ls, ps) AS cs, least(le, pe) AS ce FROM pairs
+                     WHERE run_id IS NOT NULL AND NOT (ps <= ls AND pe >= le)) c) w
+     GROUP BY user_id, ls
+), partial_cover AS (
+    SELECT i.user_id, i.ls, i.le, coalesce(c.covered, 0) AS covered
+      FROM islands i LEFT JOIN cover c ON c.user_id = i.user_id AND c.ls = i.ls
      WHERE NOT i.whole
-     GROUP BY i.user_id, i.ls, i.le
 ), matched AS (
     SELECT DISTINCT user_id, run_id FROM pairs WHERE run_id IS NOT NULL
 ), ordered AS (
@@ -196,48 +218,51 @@ WITH batch AS MATERIALIZED (
 ), proj_current AS (              -- the projection's answer: its active run (latest if several)
     SELECT DISTINCT ON (user_id) user_id, s, e FROM proj WHERE active
      ORDER BY user_id, e DESC, run_id DESC
-), streaks AS (
-    SELECT b.user_id,
-           coalesce({legacy_streak}, 0) AS legacy_streak,
-           coalesce({proj_streak}, 0) AS proj_streak
+), per_user AS (                 -- a row per user of the batch: its check-ins, its classes
+    SELECT b.user_id, coalesce(k.n, 0) AS checkins,
+           ARRAY[CASE WHEN pr.day_count_mismatch THEN 'day_count_mismatch' END,
+                 CASE WHEN i.missing_run THEN 'missing_run' END,
+                 CASE WHEN x.extra_run THEN 'extra_run' END,
+                 CASE WHEN o.overlap THEN 'overlap' END,
+                 CASE WHEN u.uncovered_day THEN 'uncovered_day' END,
+                 CASE WHEN coalesce(a.n, 0) <> (l.user_id IS NOT NULL)::int
+                        OR (a.n = 1 AND (a.s, a.e) IS DISTINCT FROM (l.s, l.e))
+                      THEN 'active_mismatch' END,
+                 CASE WHEN coalesce({legacy_streak}, 0) <> coalesce({proj_streak}, 0)
+                      THEN 'current_streak_mismatch' END] AS classes
       FROM batch b
+      LEFT JOIN (SELECT user_id, count(*) AS n FROM facts GROUP BY user_id) k USING (user_id)
       LEFT JOIN latest l USING (user_id)
+      LEFT JOIN actives a USING (user_id)
       LEFT JOIN proj_current pc USING (user_id)
-), diffs AS (
-    SELECT 'day_count_mismatch' AS cls, user_id FROM pairs
-     WHERE run_id IS NOT NULL AND (ps <> ls OR pe <> le OR day_count <> pe - ps + 1)
-    UNION ALL
-    SELECT 'missing_run', user_id FROM islands WHERE n = 0
-    UNION ALL
-    SELECT 'extra_run', p.user_id FROM proj p LEFT JOIN matched m USING (user_id, run_id)
-     WHERE m.run_id IS NULL
-    UNION ALL
-    SELECT 'overlap', user_id FROM ordered WHERE s <= prev_e + 1
-    UNION ALL
-    SELECT 'uncovered_day', user_id FROM partial_cover WHERE covered < le - ls + 1
-    UNION ALL
-    SELECT 'active_mismatch', b.user_id
-      FROM batch b LEFT JOIN latest l USING (user_id) LEFT JOIN actives a USING (user_id)
-     WHERE coalesce(a.n, 0) <> (l.user_id IS NOT NULL)::int
-        OR (a.n = 1 AND (a.s, a.e) IS DISTINCT FROM (l.s, l.e))
-    UNION ALL
-    SELECT 'current_streak_mismatch', user_id FROM streaks WHERE legacy_streak <> proj_streak
-), per_class AS (
-    SELECT cls, count(*) AS users, (array_agg(user_id ORDER BY user_id))[1:5] AS examples
-      FROM (SELECT DISTINCT cls, user_id FROM diffs) d GROUP BY cls
+      LEFT JOIN (SELECT user_id, true AS day_count_mismatch FROM pairs
+                  WHERE run_id IS NOT NULL AND (ps <> ls OR pe <> le OR day_count <> pe - ps + 1)
+                  GROUP BY user_id) pr USING (user_id)
+      LEFT JOIN (SELECT user_id, true AS missing_run FROM islands WHERE n = 0
+                  GROUP BY user_id) i USING (user_id)
+      LEFT JOIN (SELECT p.user_id, true AS extra_run
+                   FROM proj p LEFT JOIN matched m USING (user_id, run_id)
+                  WHERE m.run_id IS NULL GROUP BY p.user_id) x USING (user_id)
+      LEFT JOIN (SELECT user_id, true AS overlap FROM ordered WHERE s <= prev_e + 1
+                  GROUP BY user_id) o USING (user_id)
+      LEFT JOIN (SELECT user_id, true AS uncovered_day FROM partial_cover
+                  WHERE covered < le - ls + 1 GROUP BY user_id) u USING (user_id)
 )
-SELECT (SELECT user_id FROM batch ORDER BY user_id DESC LIMIT 1) AS last_user,
-       (SELECT count(*) FROM batch) AS batch_size,
-       (SELECT count(*) FROM facts) AS checkins,
-       (SELECT count(DISTINCT user_id) FROM diffs) AS users_different,
-       ARRAY(SELECT cls FROM per_class ORDER BY cls) AS classes,
-       ARRAY(SELECT users FROM per_class ORDER BY cls) AS class_users,
-       ARRAY(SELECT array_to_string(examples, ',') FROM per_class ORDER BY cls) AS class_examples
-""".replace("{legacy_streak}", current_streak_sql("l.e", "l.e - l.s + 1", "b.time_zone", "$3::timestamptz")
+SELECT cls, count(*) AS users, sum(checkins)::bigint AS checkins,
+       array_agg(user_id) FILTER (WHERE cls <> '') AS user_ids
+  FROM per_user CROSS JOIN LATERAL unnest(array_prepend('', classes)) AS c(cls)
+ WHERE cls IS NOT NULL
+ GROUP BY cls
+""".replace("{legacy_streak}", current_streak_sql("l.e", "l.e - l.s + 1", "b.time_zone", "$2::timestamptz")
             ).replace("{proj_streak}", current_streak_sql("pc.e", "pc.e - pc.s + 1", "b.time_zone",
-                                                         "$3::timestamptz"))
+                                                         "$2::timestamptz"))
 # (The read paths compute day counts from the dates, as domain.model.Run does; a stored
 # day_count that disagrees is a day_count_mismatch, not a different streak.)
+POPULATION_DIFF_CITUS_SQL = re.sub(r"^(WITH |\), )(\w+) AS \(", r"\1\2 AS NOT MATERIALIZED (",
+                                   POPULATION_DIFF_SQL, flags=re.MULTILINE)
+"""Citus does not inline a CTE used more than once by itself: it would plan it apart (a
+Distributed Subplan pulling its rows to the coordinator). Inlined, a shard recomputes
+them; on PostgreSQL that would be 4x slower, hence two texts."""
 
 SHADOW_STATS_SQL = """
 SELECT method, result, sum(count)::bigint AS n
@@ -250,6 +275,8 @@ SELECT method, result, sum(count)::bigint AS n
 class AdminRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._citus: bool | None = None
+        """Whether the schema is distributed (asked once, by the first population diff)."""
 
     async def rebuild_user(self, user_id: uuid.UUID, from_date: dt.date | None,
                            to_date: dt.date | None, dry_run: bool, now: dt.datetime,
@@ -259,8 +286,8 @@ class AdminRepository:
         try:
             async with acquire(self._pool, timeout=budget.timeout()) as conn:
                 async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(potato_lock_key($1))",
-                                       user_id, timeout=budget.timeout())
+                    await conn.execute("SELECT potato_lock_user($1)", user_id,
+                                       timeout=budget.timeout())   # migration 0013
                     dates = [r["checkin_date"] for r in await conn.fetch(
                         "SELECT checkin_date FROM daily_checkins WHERE user_id = $1",
                         user_id, timeout=budget.timeout())]
@@ -278,8 +305,8 @@ class AdminRepository:
                      now: dt.datetime, request_id: str | None, budget: Deadline) -> None:
         """Writes a plan in at most six set-based statements (arrays, not row loops)."""
         diff = plan.diff
-        await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch DEFERRED",
-                           timeout=budget.timeout())
+        await conn.execute("SELECT potato_set_run_checks($1, true)", user_id,
+                           timeout=budget.timeout())   # the runs checks deferred (0013)
         events: list[tuple[str, str | None, str | None]] = []
         if diff.removed:
             await conn.execute(
@@ -314,7 +341,7 @@ class AdminRepository:
                  FROM unnest($2::text[], $3::text[], $4::text[]) AS u(kind, before, after)""",
             user_id, [e[0] for e in events], [e[1] for e in events], [e[2] for e in events],
             now, request_id, timeout=budget.timeout())
-        await conn.execute("SET CONSTRAINTS runs_no_overlap, runs_no_touch IMMEDIATE",
+        await conn.execute("SELECT potato_set_run_checks($1, false)", user_id,
                            timeout=budget.timeout())
         # Stored totals in the same transaction, under the same lock: the months of the
         # runs before and after (removed, added, changed) and the lifetime row.
@@ -330,11 +357,15 @@ class AdminRepository:
         budget = Deadline.after(timeout)
         try:
             async with acquire(self._pool, timeout=budget.timeout()) as conn:
-                row = await conn.fetchrow(DRIFT_SQL, after, batch, timeout=budget.timeout())
+                users = [r[0] for r in await conn.fetch(BATCH_USERS_SQL, after, batch,
+                                                        timeout=budget.timeout())]
+                if not users:
+                    return None, 0, []
+                drifted = [r[0] for r in await conn.fetch(DRIFT_SQL, users,
+                                                          timeout=budget.timeout())]
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
-        assert row is not None
-        return row["last_user"], int(row["batch_size"]), list(row["drifted"])
+        return users[-1], len(users), drifted
 
     async def diff_batch(self, after: uuid.UUID | None, batch: int, now: dt.datetime,
                          timeout: float = 300.0) -> DiffBatch:
@@ -342,24 +373,30 @@ class AdminRepository:
         budget = Deadline.after(timeout)
         try:
             async with acquire(self._pool, timeout=budget.timeout()) as conn:
+                if self._citus is None:
+                    self._citus = await is_distributed(conn)
+                sql = POPULATION_DIFF_CITUS_SQL if self._citus else POPULATION_DIFF_SQL
                 async with conn.transaction(readonly=True):
                     # The planner's estimate for the (rare) partial-cover branch is huge, and
                     # JIT-compiling for it took 1.7 s of a 2 s batch; the sorts want memory.
                     await conn.execute("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'",
                                        timeout=budget.timeout())
-                    row = await conn.fetchrow(POPULATION_DIFF_SQL, after, batch, now,
-                                              timeout=budget.timeout())
+                    users = [r[0] for r in await conn.fetch(BATCH_USERS_SQL, after, batch,
+                                                            timeout=budget.timeout())]
+                    rows = await conn.fetch(sql, users, now, timeout=budget.timeout()) \
+                        if users else []
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
-        assert row is not None
-        classes = class_counts(
-            (name, int(n), [uuid.UUID(u) for u in ex.split(",") if u])
-            for name, n, ex in zip(row["classes"], row["class_users"], row["class_examples"],
-                                   strict=True))
-        return DiffBatch(users_scanned=int(row["batch_size"]),
-                         users_different=int(row["users_different"]),
-                         checkins_scanned=int(row["checkins"]), classes=classes,
-                         last_user=row["last_user"])
+        by_class = {r["cls"]: r for r in rows}
+        everyone = by_class.pop("", None)
+        ids = {name: sorted(uuid.UUID(str(u)) for u in r["user_ids"])
+               for name, r in by_class.items()}
+        return DiffBatch(users_scanned=len(users),
+                         users_different=len(set[uuid.UUID]().union(*ids.values())),
+                         checkins_scanned=int(everyone["checkins"]) if everyone else 0,
+                         classes=class_counts((name, int(by_class[name]["users"]), ids[name])
+                                              for name in sorted(ids)),
+                         last_user=users[-1] if users else None)
 
     async def shadow_stats(self, flag: str, window_hours: int, now: dt.datetime,
                            timeout: float = 30.0) -> ShadowStats:

@@ -99,6 +99,7 @@ from typing import Any
 import asyncpg
 
 from potato_runs.domain.errors import DomainError, ErrorKind, Reason
+from potato_runs.storage.citus import is_distributed
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
 from potato_runs.storage.migrate import _MIGRATION_LOCK
 from potato_runs.storage.roles import grant_app_privileges
@@ -120,6 +121,10 @@ OLD_SUFFIX = "_bgo"
 REBUILD_LOCK_KEY = "potato-runs blue-green rebuild"
 CONFIRM = "rebuild-all-runs"
 """What RebuildAllRunsRequest.confirm must say for a real (not validate_only) rebuild."""
+
+DISTRIBUTED_HINT = ("the blue/green rebuild swaps the runs table by DDL, which a Citus "
+                    "(distributed) schema refuses; rebuild per user instead, which runs on "
+                    "the user's worker: `potato-runs rebuild --all` (without --blue-green)")
 
 OWNER_HINT = ("the blue/green rebuild runs DDL, and this server's database role (potato_app) "
               "cannot: serve with --migrate-dsn (POTATO_MIGRATE_DSN) of the owner role, or on "
@@ -299,6 +304,11 @@ class BlueGreenRebuild:
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
         try:
+            if await is_distributed(conn):
+                # Tried on the Citus tier: the new table would be a coordinator-local
+                # table and the swap fails (tests/citus/test_admin.py).
+                raise DomainError(ErrorKind.FAILED_PRECONDITION, Reason.DISTRIBUTED_SCHEMA,
+                                  DISTRIBUTED_HINT)
             await self._prepare(conn)
             if validate_only:
                 await self._count(conn)

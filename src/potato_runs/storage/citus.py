@@ -32,6 +32,9 @@ REFERENCE_TABLES = ("feature_flags", "feature_flag_changes")
 """A copy on every node: read everywhere, written rarely (a flag change)."""
 COLOCATE_WITH = DISTRIBUTED_TABLES[0]
 DISTRIBUTION_ARGUMENT = "p_user"
+FORCE_DELEGATION = frozenset({"potato_lock_user(uuid)", "potato_set_run_checks(uuid,boolean)"})
+"""Delegated even inside a transaction block, which they pin to the user's worker
+(migration 0013): the first statements of the admin paths' multi-statement writes."""
 
 # Triggers a Citus deployment drops: a trigger on a distributed or reference table runs on
 # its shards, where Citus cannot vouch for what it does (citus.enable_unsafe_triggers).
@@ -112,6 +115,15 @@ async def distribute(conn: asyncpg.Connection, *, shard_count: int | None = None
         if table not in distributed:
             await conn.execute("SELECT create_reference_table($1)", table, timeout=timeout)
             done.append(f"reference table {table}")
+            # Citus restarts an identity column's sequence on the coordinator, where a
+            # reference table is written: on from the largest id it holds, not 1 again.
+            for column, sequence in await conn.fetch(
+                    """SELECT a.attname, pg_get_serial_sequence($1, a.attname)
+                         FROM pg_attribute a
+                        WHERE a.attrelid = $1::regclass AND a.attidentity <> ''""", table):
+                await conn.execute(
+                    f"SELECT setval($1, m) FROM (SELECT max({column}) AS m FROM {table}) t "
+                    f"WHERE m IS NOT NULL", sequence, timeout=timeout)
     # Distributing a table that holds rows copies them into the shards and leaves the
     # coordinator's own copy behind, hidden: truncate it (after all the tables, since
     # the foreign keys to `users` must be distributed too first).
@@ -120,6 +132,17 @@ async def distribute(conn: asyncpg.Connection, *, shard_count: int | None = None
                 "SELECT pg_relation_size($1::regclass) > 0", table):
             await conn.execute("SELECT truncate_local_data_after_distributing_table($1)",
                                table, timeout=timeout)
+    # A shard move (the rebalancer: docs/playbooks.md "Scale out") copies a shard with
+    # logical replication, which needs a replica identity on every co-located table: a
+    # table with no primary key (invariant_violations) identifies its rows in full.
+    for table in DISTRIBUTED_TABLES:
+        if await conn.fetchval(
+                """SELECT c.relreplident = 'd' AND NOT EXISTS (
+                              SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                                 AND i.indisprimary)
+                     FROM pg_class c WHERE c.oid = $1::regclass""", table):
+            await conn.execute(f"ALTER TABLE {table} REPLICA IDENTITY FULL", timeout=timeout)
+            done.append(f"replica identity full on {table} (shard moves)")
 
     for signature, by_user in await conn.fetch(_FUNCTIONS, DISTRIBUTION_ARGUMENT):
         if await _distribute_function(conn, signature,
@@ -155,6 +178,10 @@ async def _distribute_function(conn: asyncpg.Connection, signature: str, argumen
     if argument is None:
         await conn.execute("SELECT create_distributed_function($1)", signature,
                            timeout=timeout)
+    elif signature in FORCE_DELEGATION:
+        await conn.execute("SELECT create_distributed_function($1, $2, colocate_with => $3, "
+                           "force_delegation => true)",
+                           signature, argument, COLOCATE_WITH, timeout=timeout)
     else:
         await conn.execute("SELECT create_distributed_function($1, $2, colocate_with => $3)",
                            signature, argument, COLOCATE_WITH, timeout=timeout)

@@ -70,3 +70,15 @@ BEGIN
     END LOOP;
     RETURN t;
 END $$;
+
+-- potato_run_json for a row of a runs shard. A delegated write function runs on the
+-- worker, where Citus rewrites each query's `runs` to the user's shard (runs_102008...):
+-- a whole-row reference there (`SELECT jsonb_agg(potato_run_json(r)) FROM runs r`, in
+-- potato_backfill_days) has the shard's row type, which potato_run_json(runs) does not
+-- take. This overload turns such a row into a `runs` (same columns, same order) and
+-- calls the original; a `runs` argument still picks the original (the exact match).
+CREATE OR REPLACE FUNCTION potato_run_json(r record) RETURNS jsonb
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN potato_run_json(jsonb_populate_record(NULL::runs, to_jsonb(r)));
+END $$;

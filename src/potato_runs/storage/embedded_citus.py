@@ -82,6 +82,8 @@ class EmbeddedCitus:
         self.coordinator = self._node("coordinator")
         self.workers: list[EmbeddedPostgres] = [self._node(f"worker{i + 1}")
                                                 for i in range(workers)]
+        self._roles: dict[str, str] = {}
+        """Roles given node-to-node passwords (authorize())."""
 
     def _node(self, name: str) -> EmbeddedPostgres:
         # A node keeps its port across restarts: pg_dist_node names nodes by host and port.
@@ -124,6 +126,18 @@ class EmbeddedCitus:
         asyncio.run(self._join([node]))
         return node
 
+    async def authorize(self, role: str, password: str) -> None:
+        """`role` authenticates node-to-node with `password`, on every node (a worker
+        connects to other nodes too: a delegated call that reaches another shard, a shard
+        move); a worker added later gets it as well. pg_dist_authinfo is not synced."""
+        self._roles[role] = password
+        for node in self.nodes:
+            conn = await asyncpg.connect(node.dsn(DATABASE))
+            try:
+                await set_authinfo(conn, _literal(role), password)
+            finally:
+                await conn.close()
+
     async def _join(self, workers: Sequence[EmbeddedPostgres]) -> None:
         password = self.coordinator._read_password()
         for node in [self.coordinator, *workers]:
@@ -136,6 +150,15 @@ class EmbeddedCitus:
                 await conn.execute("SELECT citus_add_node('127.0.0.1', $1)", node.port)
         finally:
             await conn.close()
+        # After citus_add_node, which creates the roles on a new worker: pg_dist_authinfo
+        # accepts existing roles only.
+        for node in [self.coordinator, *workers]:
+            conn = await asyncpg.connect(node.dsn(DATABASE))
+            try:
+                for role, secret in self._roles.items():
+                    await set_authinfo(conn, _literal(role), secret)
+            finally:
+                await conn.close()
 
     def stop(self) -> None:
         for node in reversed(self.nodes):

@@ -30,54 +30,77 @@ SELECT user_id FROM users WHERE ($1::uuid IS NULL OR user_id > $1) ORDER BY user
 """
 """The users of one batch ($1: the last user of the previous batch or NULL, $2: size)."""
 
-# The users come as an array parameter, not a sub-select: only then can PostgreSQL
-# inline the SQL functions and read run_totals/user_totals through their primary keys
-# (with a sub-select it scanned the whole of run_totals for every batch).
+# The users come as an array parameter, not a sub-select: only then can PostgreSQL read
+# run_totals/user_totals through their primary keys (with a sub-select it scanned the
+# whole of run_totals for every batch). The computed sides are the bodies of
+# potato_computed_month_totals / potato_computed_user_totals (0004), written out: Citus
+# cannot plan a parameterised SQL function that reads distributed tables, and PostgreSQL
+# inlined them anyway. A key (user, month; the lifetime row: month 0) has drifted when
+# its stored row is missing, extra or different: full joins on the key, so one row per
+# key, as EXCEPT ALL both ways then UNION gave. Every part is joined and grouped by
+# user_id: on Citus the whole scan runs inside each shard (one task per shard) and only
+# the drifted users' counts come back.
 TOTALS_DRIFT_SQL = """
-WITH batch AS MATERIALIZED (
-    SELECT DISTINCT unnest($1::uuid[]) AS user_id
-), computed_months AS MATERIALIZED (
-    SELECT c.user_id, c.yyyymm, c.streak_days, c.total_days
-      FROM potato_computed_month_totals($1::uuid[]) c
-), stored_months AS MATERIALIZED (
-    SELECT t.user_id, t.yyyymm, t.streak_days, t.total_days
-      FROM run_totals t WHERE t.user_id = ANY ($1::uuid[])
-), computed_lifetime AS MATERIALIZED (   -- zeros for a user without check-ins
-    SELECT b.user_id, coalesce(c.total_days, 0) AS total_days,
-           coalesce(c.run_count, 0) AS run_count,
-           coalesce(c.longest_run_days, 0) AS longest_run_days
-      FROM batch b
-      LEFT JOIN potato_computed_user_totals($1::uuid[]) c USING (user_id)
-), stored_lifetime AS MATERIALIZED (
-    SELECT u.user_id, u.total_days, u.run_count, u.longest_run_days
-      FROM user_totals u WHERE u.user_id = ANY ($1::uuid[])
-), drift AS (    -- (user, month) keys; a wrong row is on both sides and counts once
-    SELECT user_id, yyyymm
-      FROM ((SELECT * FROM computed_months EXCEPT ALL SELECT * FROM stored_months)
-            UNION ALL
-            (SELECT * FROM stored_months EXCEPT ALL SELECT * FROM computed_months)) m
-    UNION
-    SELECT user_id, 0   -- the lifetime row's key
-      FROM ((SELECT * FROM computed_lifetime EXCEPT ALL SELECT * FROM stored_lifetime)
-            UNION ALL
-            (SELECT * FROM stored_lifetime EXCEPT ALL SELECT * FROM computed_lifetime)) l
-), per_user AS (
-    SELECT user_id, count(*)::integer AS n FROM drift GROUP BY user_id
-)
-SELECT ARRAY(SELECT user_id FROM per_user ORDER BY user_id) AS users,
-       ARRAY(SELECT n FROM per_user ORDER BY user_id) AS rows
+SELECT d.user_id, count(*)::integer AS n
+  FROM (SELECT coalesce(c.user_id, t.user_id) AS user_id
+          FROM (SELECT i.user_id, i.yyyymm, max(i.n)::integer AS streak_days,
+                       sum(i.n)::integer AS total_days
+                  FROM (SELECT c.user_id, potato_yyyymm(c.checkin_date) AS yyyymm, count(*) AS n
+                          FROM (SELECT c.user_id, c.checkin_date,
+                                       c.checkin_date - (row_number() OVER (
+                                           PARTITION BY c.user_id, date_trunc('month', c.checkin_date)
+                                           ORDER BY c.checkin_date))::integer AS grp
+                                  FROM daily_checkins c
+                                 WHERE c.user_id = ANY ($1::uuid[])) c
+                         GROUP BY c.user_id, potato_yyyymm(c.checkin_date), c.grp) i
+                 GROUP BY i.user_id, i.yyyymm) c
+          FULL JOIN (SELECT t.user_id, t.yyyymm, t.streak_days, t.total_days
+                       FROM run_totals t WHERE t.user_id = ANY ($1::uuid[])) t
+            ON t.user_id = c.user_id AND t.yyyymm = c.yyyymm
+         WHERE (c.streak_days, c.total_days) IS DISTINCT FROM (t.streak_days, t.total_days)
+        UNION ALL
+        SELECT coalesce(c.user_id, t.user_id)
+          FROM (SELECT u.user_id,      -- zeros for a user without check-ins
+                       coalesce(l.total_days, 0) AS total_days,
+                       coalesce(l.run_count, 0) AS run_count,
+                       coalesce(l.longest_run_days, 0) AS longest_run_days
+                  FROM users u
+                  LEFT JOIN (SELECT i.user_id, sum(i.n)::integer AS total_days,
+                                    count(*)::integer AS run_count,
+                                    max(i.n)::integer AS longest_run_days
+                               FROM (SELECT c.user_id, count(*) AS n
+                                       FROM (SELECT c.user_id, c.checkin_date,
+                                                    c.checkin_date - (row_number() OVER (
+                                                        PARTITION BY c.user_id
+                                                        ORDER BY c.checkin_date))::integer AS grp
+                                               FROM daily_checkins c
+                                              WHERE c.user_id = ANY ($1::uuid[])) c
+                                      GROUP BY c.user_id, c.grp) i
+                              GROUP BY i.user_id) l ON l.user_id = u.user_id
+                 WHERE u.user_id = ANY ($1::uuid[])) c
+          FULL JOIN (SELECT t.user_id, t.total_days, t.run_count, t.longest_run_days
+                       FROM user_totals t WHERE t.user_id = ANY ($1::uuid[])) t
+            ON t.user_id = c.user_id
+         WHERE (c.total_days, c.run_count, c.longest_run_days)
+               IS DISTINCT FROM (t.total_days, t.run_count, t.longest_run_days)) d
+ GROUP BY d.user_id
+ ORDER BY d.user_id
 """
-"""The drifted rows of the users $1 (existing users), per user."""
+"""The drifted rows of the users $1 (existing users), per user, in user_id order."""
 
-REPAIR_SQL = """
-SELECT potato_refresh_totals($1, ARRAY(
-           SELECT make_date(t.yyyymm / 100, t.yyyymm % 100, 1)
-             FROM run_totals t WHERE t.user_id = $1
-           UNION
-           SELECT DISTINCT date_trunc('month', c.checkin_date)::date
-             FROM daily_checkins c WHERE c.user_id = $1), $2)
+MONTHS_SQL = """
+SELECT ARRAY(SELECT make_date(t.yyyymm / 100, t.yyyymm % 100, 1)
+               FROM run_totals t WHERE t.user_id = $1
+             UNION
+             SELECT DISTINCT date_trunc('month', c.checkin_date)::date
+               FROM daily_checkins c WHERE c.user_id = $1)
 """
-"""Recomputes every month of user $1 (stored or in the facts) and the lifetime row."""
+"""Every month of user $1, stored or in the facts."""
+
+REPAIR_SQL = "SELECT potato_refresh_totals($1, $2::date[], $3)"
+"""Recomputes the months $2 of user $1 and the lifetime row. Plain arguments (the months
+read first, in the same transaction under the user's lock): on Citus the call is then
+delegated whole to the user's worker, like the write functions' calls."""
 
 
 @dataclass(frozen=True)
@@ -131,14 +154,11 @@ class TotalsRepository:
                     await conn.execute(
                         f"SET LOCAL jit = {'on' if self._jit else 'off'}; "
                         f"SET LOCAL work_mem = '{self._work_mem_mb}MB'", timeout=budget.timeout())
-                    row = await conn.fetchrow(TOTALS_DRIFT_SQL, users,
-                                              timeout=budget.timeout())
+                    rows = await conn.fetch(TOTALS_DRIFT_SQL, users, timeout=budget.timeout())
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
-        assert row is not None
-        return TotalsDriftScan(
-            users_checked=len(users), last_user=users[-1],
-            drifted=tuple(zip(row["users"], (int(n) for n in row["rows"]), strict=True)))
+        return TotalsDriftScan(users_checked=len(users), last_user=users[-1],
+                               drifted=tuple((r["user_id"], int(r["n"])) for r in rows))
 
     async def repair_user(self, user_id: uuid.UUID, now: dt.datetime,
                           timeout: float = 60.0) -> TotalsRepair:
@@ -152,17 +172,18 @@ class TotalsRepository:
                         await conn.execute(
                             f"SET LOCAL lock_timeout = '{int(self._lock_timeout * 1000)}ms'",
                             timeout=budget.timeout())
-                    await conn.execute("SELECT pg_advisory_xact_lock(potato_lock_key($1))",
-                                       user_id, timeout=budget.timeout())
-                    repaired = await conn.fetchval(REPAIR_SQL, user_id, now,
+                    await conn.execute("SELECT potato_lock_user($1)", user_id,
+                                       timeout=budget.timeout())   # migration 0013
+                    months = await conn.fetchval(MONTHS_SQL, user_id,
+                                                 timeout=budget.timeout())
+                    repaired = await conn.fetchval(REPAIR_SQL, user_id, months, now,
                                                    timeout=budget.timeout())
-                    left = await conn.fetchrow(TOTALS_DRIFT_SQL, [user_id],
-                                               timeout=budget.timeout())
+                    left = await conn.fetch(TOTALS_DRIFT_SQL, [user_id],
+                                            timeout=budget.timeout())
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
-        assert left is not None
         return TotalsRepair(rows_repaired=int(repaired or 0),
-                            rows_still_drifted=sum(int(n) for n in left["rows"]))
+                            rows_still_drifted=sum(int(r["n"]) for r in left))
 
     async def count_users(self, timeout: float = 60.0) -> int:
         return await AdminRepository(self._pool).count_users(timeout=timeout)
