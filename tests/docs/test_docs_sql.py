@@ -426,7 +426,9 @@ def find_test_file(name: str) -> Path | None:
     if "/" in name:
         path = ROOT / name
         return path if path.is_file() else None
-    hits = sorted((ROOT / "tests").rglob(name))
+    # A module of the Citus tier may share its name with the one in tests/integration
+    # whose tests it re-runs by importing them: a bare name means the one defining them.
+    hits = sorted((ROOT / "tests").rglob(name), key=lambda p: ("citus" in p.parts, p))
     return hits[0] if hits else None
 
 
