@@ -11,14 +11,15 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from integration.helpers import mark, span, stored_runs
+from integration.helpers import backfill, mark, span, stored_runs, unmark
 
 from citus.conftest import Cluster
-from citus.helpers import placement, rows_on
+from citus.helpers import node_dsn, placement, rows_on
 from potato.runs.v2 import run_events_service_pb2 as epb
 from potato.runs.v2 import run_events_service_pb2_grpc, runs_service_pb2_grpc
 from potato.runs.v2 import runs_service_pb2 as rpb
 from potato_runs.storage.citus import DISTRIBUTED_TABLES, REFERENCE_TABLES
+from potato_runs.storage.roles import APP_ROLE
 from support import ADMIN_METADATA, ServerThread
 
 pytestmark = pytest.mark.citus_smoke
@@ -118,3 +119,38 @@ async def test_the_event_stream_delivers_events_written_on_the_workers(
             await asyncio.gather(reader, return_exceptions=True)
     ids = [e.event_id for e in got]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+async def test_writes_stay_on_the_users_worker(citus_cluster: Cluster,
+                                               stub: runs_service_pb2_grpc.RunsServiceStub,
+                                               db: asyncpg.Connection) -> None:
+    """No write opens a connection from the worker to another node: with potato_app's
+    node-to-node password gone from the workers (the coordinator keeps its own, for the
+    delegation), MarkDay, UnmarkDay and BackfillDays, a merge, a split and the month
+    totals they recompute all still succeed, on new users."""
+    workers = [node_dsn(citus_cluster.dsn, p) for p in citus_cluster.worker_ports()]
+    saved: list[tuple[str, str]] = []
+    for dsn in workers:
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(
+                "DELETE FROM pg_dist_authinfo WHERE rolename = $1 RETURNING authinfo", APP_ROLE)
+            saved.append((dsn, row["authinfo"]))
+        finally:
+            await conn.close()
+    try:
+        for user in [str(uuid.uuid4()) for _ in range(6)]:   # on both workers
+            await mark(stub, user, "2025-06-15")
+            await backfill(stub, user, ["2025-06-17", "2025-07-02", "2025-06-16"])
+            await unmark(stub, user, "2025-06-16")
+            assert await stored_runs(db, user) == [
+                ("2025-06-15", "2025-06-15", 1, False), ("2025-06-17", "2025-06-17", 1, False),
+                ("2025-07-02", "2025-07-02", 1, True)]
+    finally:
+        for dsn, authinfo in saved:
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("INSERT INTO pg_dist_authinfo (nodeid, rolename, authinfo) "
+                                   "VALUES (0, $1, $2)", APP_ROLE, authinfo)
+            finally:
+                await conn.close()
