@@ -20,6 +20,7 @@ from potato.runs.v2 import run_events_service_pb2_grpc, runs_service_pb2_grpc
 from potato.runs.v2 import runs_service_pb2 as rpb
 from potato_runs.storage.citus import DISTRIBUTED_TABLES, REFERENCE_TABLES
 from potato_runs.storage.roles import APP_ROLE
+from potato_runs.storage.run_events_repo import HORIZON_SQL
 from support import ADMIN_METADATA, ServerThread
 
 pytestmark = pytest.mark.citus_smoke
@@ -57,6 +58,17 @@ async def test_every_user_table_is_distributed_by_user_and_co_located(
               AND objid IN ('potato_mark_day(uuid,date,timestamptz,text,text,timestamptz,text)'
                             ::regprocedure)""")
     assert delegated == 1
+    # The event stream's probes: one row in every shard, and the horizon runs in them.
+    shards, probed = await db.fetchrow(
+        """SELECT (SELECT count(*) FROM pg_dist_shard
+                    WHERE logicalrelid = 'potato_event_probes'::regclass),
+                  (SELECT count(DISTINCT get_shard_id_for_distribution_column(
+                                             'potato_event_probes', user_id))
+                     FROM potato_event_probes)""")
+    assert probed == shards > 0
+    plan = "\n".join(r[0] for r in await db.fetch("EXPLAIN (VERBOSE) " + HORIZON_SQL))
+    assert f"Task Count: {shards}" in plan and "potato_event_snapshot()" in plan.split(
+        "->  Task", 1)[1], plan
 
 
 async def test_a_mark_day_is_one_call_run_on_the_users_worker(

@@ -25,7 +25,7 @@ CITUS_SCHEMA = Path(__file__).with_name("citus_schema.sql")
 
 DISTRIBUTED_TABLES = ("users", "daily_checkins", "runs", "run_events", "run_totals",
                       "user_totals", "request_ids", "shadow_mismatches",
-                      "invariant_violations")
+                      "invariant_violations", "potato_event_probes")
 """By user_id, co-located with the first (`users`): one user's rows of every table are
 on one shard group, hence on one worker."""
 REFERENCE_TABLES = ("feature_flags", "feature_flag_changes")
@@ -124,6 +124,10 @@ async def distribute(conn: asyncpg.Connection, *, shard_count: int | None = None
                 await conn.execute(
                     f"SELECT setval($1, m) FROM (SELECT max({column}) AS m FROM {table}) t "
                     f"WHERE m IS NOT NULL", sequence, timeout=timeout)
+    # One probe row per shard (citus_schema.sql): random ids until every shard has one.
+    added = await conn.fetchval(_FILL_PROBES, timeout=timeout)
+    if added:
+        done.append(f"{added} event stream probes (one per shard)")
     # Distributing a table that holds rows copies them into the shards and leaves the
     # coordinator's own copy behind, hidden: truncate it (after all the tables, since
     # the foreign keys to `users` must be distributed too first).
@@ -150,6 +154,28 @@ async def distribute(conn: asyncpg.Connection, *, shard_count: int | None = None
             done.append(f"{'delegated' if by_user else 'propagated'} {signature}")
     return done
 
+
+_FILL_PROBES = """
+WITH shards AS (
+    SELECT shardid FROM pg_dist_shard WHERE logicalrelid = 'potato_event_probes'::regclass
+), taken AS (
+    SELECT get_shard_id_for_distribution_column('potato_event_probes', user_id) AS shardid
+      FROM potato_event_probes
+), picked AS (
+    SELECT DISTINCT ON (s.shardid) s.u
+      FROM (SELECT g.u, get_shard_id_for_distribution_column('potato_event_probes', g.u)
+                       AS shardid
+              FROM (SELECT gen_random_uuid() AS u
+                      FROM generate_series(1, 64 * (SELECT count(*) FROM shards))) g) s
+     WHERE s.shardid NOT IN (SELECT shardid FROM taken)
+     ORDER BY s.shardid
+), ins AS (
+    INSERT INTO potato_event_probes (user_id) SELECT u FROM picked
+    ON CONFLICT DO NOTHING RETURNING 1
+)
+SELECT count(*) FROM ins
+"""
+"""64 random ids per shard: a shard is left out with probability e^-64."""
 
 _FUNCTIONS = """
 SELECT p.oid::regprocedure::text,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -233,12 +234,24 @@ class EventNotifier:
                 pass
 
 
-HORIZON_SQL = """
-SELECT CASE WHEN bool_and(success AND result <> '') THEN min(result::bigint) END
-  FROM run_command_on_all_nodes(format('SELECT potato_event_horizon(%s)', $1::integer))
+HORIZON_LOCAL_SQL = """
+SELECT potato_event_snapshot(),
+       (SELECT count(*) FROM pg_dist_shard
+         WHERE logicalrelid = 'potato_event_probes'::regclass)
 """
-"""The cluster's horizon: the smallest of every node's (storage/citus_schema.sql), NULL
-when a node could not settle in time or did not answer."""
+"""The coordinator's own view (an insert it routes to a shard draws its event id on the
+coordinator), and how many shards the probes must answer from."""
+
+HORIZON_SQL = "SELECT potato_event_snapshot() FROM potato_event_probes"
+"""Every shard's node's view (storage/citus_schema.sql): the probe table has one row per
+shard, so the query runs once in each, on the node that holds it, over the coordinator's
+cached connections (run_command_on_all_nodes opens new ones: about 30 ms a call)."""
+
+RUNNING_LOCAL_SQL = "SELECT potato_event_xids_running($1::bigint[], $2::bigint[])"
+RUNNING_PROBES_SQL = """
+SELECT coalesce(sum(potato_event_xids_running($1::bigint[], $2::bigint[])), 0)
+  FROM potato_event_probes
+"""
 
 CITUS_TAIL_SQL = f"""
 SELECT {_COLUMNS}
@@ -256,7 +269,8 @@ class CitusEventTail(EventTail):
     """The tail on Citus (docs/decisions.adrs.md ADR-0006, "Run events"). Events are written on
     the workers, in transactions the coordinator's pg_locks does not list, with
     time-first ids (potato_event_id). Each read first takes the cluster's horizon: every
-    node's clock, once the transactions in progress there at that moment have ended; the
+    node's clock, once the transactions in progress there at that moment have ended (the
+    coordinator's, and the workers' through one row per shard of potato_event_probes); the
     smallest, H, bounds the read (event_id < H << 22), and every event below that bound
     is visible or never will be. So after() returns settled events only, in id order,
     and the hub hands them out as they come. Wake-ups are as on one PostgreSQL: the
@@ -264,9 +278,47 @@ class CitusEventTail(EventTail):
 
     reads_settled = True
 
+    @classmethod
+    async def connect(cls, dsn: str, on_notify: Callable[[], None],
+                      on_lost: Callable[[], None], timeout: float) -> EventTail:
+        tail = await super().connect(dsn, on_notify, on_lost, timeout)
+        try:
+            # One connection per worker for the tail's multi-shard reads: the coordinator
+            # keeps one per worker between queries (citus.max_cached_conns_per_worker),
+            # and any more it opened for a query's parallel tasks would be opened, and
+            # authenticated, again on every read (a read's tasks are tiny).
+            await tail._conn.execute("SET citus.max_adaptive_executor_pool_size = 1",
+                                     timeout=timeout)
+        except BaseException:
+            tail.terminate()
+            raise
+        return tail
+
     async def _horizon(self, timeout: float) -> int | None:
-        value = await self._conn.fetchval(HORIZON_SQL, HORIZON_WAIT_MS, timeout=timeout)
-        return None if value is None else int(value) << 22
+        """The cluster's horizon as an event id bound: the smallest of every node's
+        clock, returned once the transactions in progress at those readings have ended;
+        None when one is still running after HORIZON_WAIT_MS or a shard did not answer."""
+        local, shards = await self._conn.fetchrow(HORIZON_LOCAL_SQL, timeout=timeout)
+        views = [local, *(r[0] for r in await self._conn.fetch(HORIZON_SQL, timeout=timeout))]
+        if len(views) != shards + 1:
+            return None
+        bound = min(v[1] for v in views)
+        waits = {(v[0], x) for v in views for x in v[2:]}
+        groups, xids = [g for g, _ in waits], [x for _, x in waits]
+        deadline = time.monotonic() + HORIZON_WAIT_MS / 1000
+        pause = 0.001
+        while waits:
+            running = (await self._conn.fetchval(RUNNING_LOCAL_SQL, groups, xids,
+                                                 timeout=timeout)
+                       + await self._conn.fetchval(RUNNING_PROBES_SQL, groups, xids,
+                                                   timeout=timeout))
+            if not running:
+                break
+            if time.monotonic() > deadline:
+                return None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.02)
+        return int(bound) << 22
 
     async def head(self, timeout: float) -> int:
         """Every id below the horizon is settled: the hub starts after them."""
