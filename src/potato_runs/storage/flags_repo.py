@@ -9,6 +9,7 @@ on one PostgreSQL, by update() after it on both).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from potato_runs.domain.flags import FlagState
 from potato_runs.storage.errors import DB_FAILURES, map_db_error
 from potato_runs.storage.pool import acquire
 
+log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "potato_feature_flags"
 
 FLAG_COLUMNS = """name, enabled, rollout_basis_points, shadow_basis_points, allow_user_ids,
@@ -112,9 +114,15 @@ class FlagsRepository:
                 # After the commit, outside it: on Citus feature_flags is a reference
                 # table, written with two-phase commit, which refuses a transaction that
                 # NOTIFYs, so there is no trigger (storage/citus.py). On one PostgreSQL
-                # the trigger has notified too: a second reload changes nothing.
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, name,
-                                   timeout=timeout)
+                # the trigger has notified too: a second reload changes nothing. Best
+                # effort: the change is committed, so a failed NOTIFY must not report
+                # it failed; the other replicas then see it at their next reload.
+                try:
+                    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, name,
+                                       timeout=timeout)
+                except DB_FAILURES as exc:
+                    log.warning("feature flag %s changed; its NOTIFY failed (%s)", name,
+                                type(exc).__name__)
                 return after
         except DB_FAILURES as exc:
             raise map_db_error(exc) from exc
